@@ -1,0 +1,134 @@
+"""Command line: ``python -m nbsupport ...`` (also installed as ``nbsupport``).
+
+Commands:
+    run NOTEBOOK [-p NAME VALUE]... [--profile P]   execute one chapter with papermill
+    book [--profile P]                              execute every chapter, build the website
+    data list | describe NAME | verify NAME | fetch NAME
+    info                                            versions, device, profiles
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from nbsupport.profiles import PROFILES
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nbsupport", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="execute one chapter (papermill) into an executed copy")
+    run.add_argument("notebook", type=Path)
+    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="a parameter for the chapter's parameters cell (value parsed as YAML)")
+    run.add_argument("--profile", choices=list(PROFILES), default=None)
+    run.add_argument("--output", type=Path, default=None, help="folder of the executed copy")
+
+    book = sub.add_parser("book", help="execute every chapter in _toc.yml and build the HTML")
+    book.add_argument("--profile", choices=list(PROFILES), default="smoke")
+    book.add_argument("--build-dir", type=Path, default=None)
+    book.add_argument("--no-execute", action="store_true", help="reuse the executed copies")
+
+    data = sub.add_parser("data", help="dataset manifests")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    dsub.add_parser("list", help="the shipped manifests")
+    for name, help_ in (("describe", "what a dataset is"), ("verify", "check files are complete and readable"),
+                        ("fetch", "download / check a dataset into the cache")):
+        p = dsub.add_parser(name, help=help_)
+        p.add_argument("name", help="manifest name or path to a YAML file")
+        if name == "verify":
+            p.add_argument("--max-images", type=int, default=None)
+
+    sub.add_parser("info", help="versions, device and profiles")
+
+    params = sub.add_parser("params", help="parameter tables (see nbsupport.methods)")
+    params.add_argument("family", choices=["vit", "sd"])
+    params.add_argument("--backbone", default="vit_base_patch16_224")
+    params.add_argument("--json", action="store_true")
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from nbsupport.runner import ChapterFailed, execute_chapter
+
+    params = dict(args.parameter)
+    try:
+        res = execute_chapter(args.notebook, args.output, params, args.profile, progress=True)
+    except ChapterFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"executed copy: {res.output}")
+    for rec in res.records:
+        print(f"run record   : {rec}")
+    if not res.records:
+        print("run record   : (the chapter wrote none)")
+    print(f"time         : {res.seconds:.1f} s")
+    return 0
+
+
+def _cmd_book(args: argparse.Namespace) -> int:
+    from nbsupport.runner import ChapterFailed, build_book
+
+    try:
+        build_book(args.profile, build_dir=args.build_dir, execute=not args.no_execute)
+    except ChapterFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from nbsupport import datasets, manifests
+
+    if args.data_command == "list":
+        for name in manifests.list_manifests():
+            m = manifests.load_manifest(name)
+            print(f"{name:28s} {m['source']['type']:10s} {', '.join(m.tasks):45s} {m['title']}")
+        return 0
+    try:
+        m = manifests.load_manifest(args.name)
+        if args.data_command == "describe":
+            print(m.describe())
+        elif args.data_command == "verify":
+            print(json.dumps(datasets.verify(m, args.max_images), indent=2))
+        elif args.data_command == "fetch":
+            print(f"{m.name}: ready in {datasets.fetch(m)}")
+    except (manifests.ManifestError, datasets.DataError, datasets.DataUnavailableError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from nbsupport.env import environment_summary
+
+    print(environment_summary("-"))
+    for p in PROFILES.values():
+        print(f"  {p.name:6s} {p.description}")
+    return 0
+
+
+def _cmd_params(args: argparse.Namespace) -> int:
+    try:
+        from nbsupport import methods
+    except ImportError as exc:  # pragma: no cover
+        print(f"error: parameter tables need nbsupport.methods ({exc})", file=sys.stderr)
+        return 2
+    return methods.params_command(args.family, args.backbone, args.json)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"run": _cmd_run, "book": _cmd_book, "data": _cmd_data, "info": _cmd_info,
+               "params": _cmd_params}[args.command]
+    return handler(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,623 @@
+"""Turn a manifest into torch datasets for classification, segmentation and text-to-image.
+
+>>> m = load_manifest("fundus-procedural")
+>>> ds = build_dataset(m, "train", task="classification", image_size=64, limit=32)
+>>> x, y = ds[0]            # x: [3, 64, 64] float, y: int grade
+
+Sources: ``synthetic`` (the procedural fundus generator), ``folder`` (class sub-folders, optionally
+under train/val/test), ``csv`` (path + label columns, multi-label, patient ids), ``medmnist``,
+``url`` (pooch, sha256-checked, into the cache) and ``manual`` (instructions until the files are
+in place). Nothing is downloaded unless a dataset is built with ``download=True`` (the default for
+:func:`build_dataset`; ``nbsupport data fetch NAME`` does it ahead of time).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from nbsupport import fundus
+from nbsupport.manifests import SPLIT_NAMES, Manifest, load_manifest
+from nbsupport.paths import data_dir
+
+__all__ = [
+    "DataError",
+    "DataUnavailableError",
+    "ImageItem",
+    "FundusDataset",
+    "ImageListDataset",
+    "MedMNISTDataset",
+    "build_dataset",
+    "list_items",
+    "fetch",
+    "verify",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+SYNTHETIC_SPLIT_ID = {"train": 1, "val": 2, "test": 3}
+DEFAULT_CLASS_BALANCE = (0.2, 0.2, 0.2, 0.2, 0.2)
+
+
+class DataError(ValueError):
+    """Bad data on disk: names the file, the manifest field concerned and the expectation."""
+
+    def __init__(self, file: str | Path, field: str, message: str) -> None:
+        self.file, self.field, self.message = str(file), field, message
+        super().__init__(f"{file}: field '{field}': {message}")
+
+
+class DataUnavailableError(RuntimeError):
+    """The data is not here and cannot be fetched now (offline, or a manual download)."""
+
+
+@dataclass
+class ImageItem:
+    """One image of a file-based dataset.
+
+    Attributes:
+        path: image file.
+        target: class index (single-label), multi-hot list (multi-label) or None.
+        split: train / val / test (None until assigned).
+        patient: patient id, if the manifest names a patient column.
+        masks: mask files, one per finding (segmentation).
+    """
+
+    path: Path
+    target: int | list[float] | None
+    split: str | None = None
+    patient: str | None = None
+    masks: list[Path] | None = None
+
+
+# ----------------------------------------------------------------------------- transforms
+
+
+def to_tensor(img: Image.Image, size: int, mean: Sequence[float] | None, std: Sequence[float] | None,
+              resample: int = Image.BICUBIC) -> torch.Tensor:
+    """PIL image -> ``[3, size, size]`` float tensor, normalised by mean/std when given
+    (else left in [0, 1])."""
+    img = img.convert("RGB")
+    if img.size != (size, size):
+        img = img.resize((size, size), resample)
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+    if mean is not None and std is not None:
+        x = (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    return x
+
+
+def _mask_tensor(masks: Sequence[np.ndarray | Image.Image], size: int) -> torch.Tensor:
+    out = []
+    for m in masks:
+        im = m if isinstance(m, Image.Image) else Image.fromarray(np.asarray(m).astype(np.uint8) * 255)
+        im = im.convert("L")
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.NEAREST)
+        out.append(torch.from_numpy(np.asarray(im) > 127))
+    return torch.stack(out).float()
+
+
+class _TaskMixin:
+    """Shared output logic: one ``__getitem__`` contract per task.
+
+    classification : ``(x [3,S,S] normalised, y)``; y int (single) or float ``[C]`` (multi-label)
+    segmentation   : ``(x [3,S,S] normalised, masks [K,S,S] float 0/1)``
+    text-to-image  : ``{"pixel_values": [3,S,S] in [-1,1], "caption": str, "label": y}``
+    """
+
+    task: str
+    image_size: int
+    mean: Sequence[float] | None
+    std: Sequence[float] | None
+    transform: Callable[[Image.Image], torch.Tensor] | None
+    manifest: Manifest
+
+    def _image(self, img: Image.Image) -> torch.Tensor:
+        if self.transform is not None:
+            return self.transform(img)
+        if self.task == "text-to-image":
+            return to_tensor(img, self.image_size, None, None) * 2.0 - 1.0
+        return to_tensor(img, self.image_size, self.mean, self.std)
+
+    def _caption(self, target: Any, source_caption: str | None) -> str:
+        template = self.manifest.get("caption_template", "{caption}")
+        classes = self.manifest.classes
+        if isinstance(target, list):
+            present = [c for c, v in zip(classes, target) if v > 0.5]
+            if not present and self.manifest.get("caption_empty"):
+                return str(self.manifest["caption_empty"])
+            label = ", ".join(present)
+            findings = ", ".join(present)
+        else:
+            label = classes[target] if target is not None and classes else ""
+            findings = label
+        return template.format(label=label, findings=findings, caption=source_caption or label)
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+
+class FundusDataset(_TaskMixin, Dataset):
+    """The procedural fundus images as a dataset (deterministic; splits never share a seed).
+
+    Args:
+        n: number of images.
+        split: train / val / test (selects a disjoint seed range).
+        image_size: output side in pixels.
+        seed: base seed of the whole dataset.
+        class_balance: five grade proportions; counts are exact (rounded), order shuffled.
+        camera: camera preset name or :class:`nbsupport.fundus.CameraModel`.
+        task: classification / segmentation / text-to-image.
+        cache: keep generated samples in memory (default: when they total < 256 MB).
+    """
+
+    def __init__(self, n: int, split: str = "train", image_size: int = 64, seed: int = 0,
+                 class_balance: Sequence[float] = DEFAULT_CLASS_BALANCE,
+                 camera: str | fundus.CameraModel = "default", task: str = "classification",
+                 manifest: Manifest | None = None, mean: Sequence[float] | None = IMAGENET_MEAN,
+                 std: Sequence[float] | None = IMAGENET_STD,
+                 transform: Callable[[Image.Image], torch.Tensor] | None = None,
+                 cache: bool | None = None) -> None:
+        if split not in SYNTHETIC_SPLIT_ID:
+            raise ValueError(f"split={split!r}: expected one of {list(SYNTHETIC_SPLIT_ID)}")
+        self.n, self.split, self.image_size, self.seed = int(n), split, int(image_size), int(seed)
+        self.camera, self.task = camera, task
+        self.manifest = manifest or load_manifest("fundus-procedural")
+        self.mean, self.std, self.transform = mean, std, transform
+        self.classes = list(fundus.GRADE_SHORT)
+        p = np.asarray(class_balance, dtype=np.float64)
+        if p.shape != (5,) or (p < 0).any() or p.sum() <= 0:
+            raise ValueError(f"class_balance={list(class_balance)}: expected 5 non-negative proportions")
+        counts = np.floor(p / p.sum() * self.n).astype(int)
+        remainder = self.n - counts.sum()
+        order = np.argsort(-(p / p.sum() * self.n - counts))
+        counts[order[:remainder]] += 1
+        grades = np.repeat(np.arange(5), counts)
+        rng = np.random.default_rng([self.seed, SYNTHETIC_SPLIT_ID[split]])
+        self.grades = rng.permutation(grades).tolist()
+        self.seeds = [(self.seed * 10 + SYNTHETIC_SPLIT_ID[split]) * 1_000_000 + i for i in range(self.n)]
+        self.targets = list(self.grades)
+        self._cache: dict[int, fundus.FundusSample] = {}
+        self._use_cache = cache if cache is not None else self.n * self.image_size**2 * 3 < 256 * 2**20
+
+    def __len__(self) -> int:
+        return self.n
+
+    def sample(self, i: int) -> fundus.FundusSample:
+        """The raw :class:`~nbsupport.fundus.FundusSample` of item ``i``."""
+        if not 0 <= i < self.n:
+            raise IndexError(f"index {i} out of range for {self.n} images")
+        if i in self._cache:
+            return self._cache[i]
+        s = fundus.generate_fundus(self.seeds[i], self.grades[i], self.image_size, self.camera)
+        if self._use_cache:
+            self._cache[i] = s
+        return s
+
+    def __getitem__(self, i: int) -> Any:
+        s = self.sample(i)
+        x = self._image(Image.fromarray(s.image))
+        if self.task == "classification":
+            return x, s.grade
+        if self.task == "segmentation":
+            return x, _mask_tensor([s.masks[k] for k in fundus.LESION_KINDS], self.image_size)
+        return {"pixel_values": x, "caption": self._caption(s.grade, s.caption), "label": s.grade}
+
+
+# ----------------------------------------------------------------------------- file based
+
+
+def _read_image(path: Path, field: str = "image") -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except FileNotFoundError:
+        raise DataError(path, field, "image file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(path, field, f"cannot be read as an image ({exc.__class__.__name__}: {exc}); "
+                                     "re-download or remove it from the dataset") from None
+
+
+class ImageListDataset(_TaskMixin, Dataset):
+    """A dataset over a list of :class:`ImageItem` (folder, csv, url and manual sources)."""
+
+    def __init__(self, items: list[ImageItem], manifest: Manifest, task: str = "classification",
+                 image_size: int = 224, mean: Sequence[float] | None = IMAGENET_MEAN,
+                 std: Sequence[float] | None = IMAGENET_STD,
+                 transform: Callable[[Image.Image], torch.Tensor] | None = None) -> None:
+        self.items, self.manifest, self.task = items, manifest, task
+        self.image_size, self.mean, self.std, self.transform = int(image_size), mean, std, transform
+        self.classes = manifest.classes
+        self.targets = [it.target for it in items]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Any:
+        it = self.items[i]
+        x = self._image(_read_image(it.path))
+        if self.task == "classification":
+            y = it.target
+            return x, (torch.tensor(y, dtype=torch.float32) if isinstance(y, list) else int(y))
+        if self.task == "segmentation":
+            if not it.masks:
+                raise DataError(it.path, "source.layout.mask_columns", "no mask files for this image")
+            return x, _mask_tensor([_read_image(m, "mask") for m in it.masks], self.image_size)
+        return {"pixel_values": x, "caption": self._caption(it.target, None), "label": it.target}
+
+
+class MedMNISTDataset(_TaskMixin, Dataset):
+    """A MedMNIST+ split (e.g. RetinaMNIST at 224 px).
+
+    The ``medmnist`` package downloads the archive (md5-checked) into the nbsupport cache; the
+    arrays are then read memory-mapped from its ``.npz`` (no pickle).
+    """
+
+    def __init__(self, manifest: Manifest, split: str, task: str = "classification", image_size: int = 224,
+                 mean: Sequence[float] | None = IMAGENET_MEAN, std: Sequence[float] | None = IMAGENET_STD,
+                 transform: Callable[[Image.Image], torch.Tensor] | None = None, download: bool = True) -> None:
+        src = manifest.source
+        flag, size = src["flag"], int(src.get("size", 28))
+        root = data_dir(manifest.name)
+        npz = root / f"{flag}{'' if size == 28 else f'_{size}'}.npz"
+        if not npz.exists():
+            if not download:
+                raise DataUnavailableError(f"{npz} is missing: run `nbsupport data fetch {manifest.name}`")
+            _download_medmnist(manifest, flag, size, root, npz)
+        try:
+            arrays = np.load(npz, mmap_mode="r", allow_pickle=False)
+            self.images = arrays[f"{split}_images"]
+            labels = np.asarray(arrays[f"{split}_labels"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise DataError(npz, "source.flag", f"not a readable MedMNIST archive with a {split!r} split "
+                                                f"({exc}); delete it and fetch again") from None
+        self.manifest, self.task, self.image_size = manifest, task, int(image_size)
+        self.mean, self.std, self.transform = mean, std, transform
+        self.classes = manifest.classes
+        self.targets = [int(v) for v in labels.reshape(len(labels), -1)[:, 0]]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> Any:
+        arr = np.asarray(self.images[i])
+        img = Image.fromarray(arr).convert("RGB")
+        y = self.targets[i]
+        x = self._image(img)
+        if self.task == "classification":
+            return x, y
+        return {"pixel_values": x, "caption": self._caption(y, None), "label": y}
+
+
+def _download_medmnist(manifest: Manifest, flag: str, size: int, root: Path, npz: Path) -> None:
+    try:
+        medmnist = importlib.import_module("medmnist")
+    except ImportError:
+        raise DataUnavailableError("the medmnist source needs the medmnist package: "
+                                   "pip install 'nbsupport[data]' (or pip install medmnist)") from None
+    if flag not in medmnist.INFO:
+        raise DataError(manifest.path or manifest.name, "source.flag",
+                        f"unknown MedMNIST flag {flag!r}; expected one of {sorted(medmnist.INFO)}")
+    info = medmnist.INFO[flag]
+    root.mkdir(parents=True, exist_ok=True)
+    cls = getattr(medmnist, info["python_class"])
+    try:
+        cls(split="train", download=True, root=str(root), size=size, mmap_mode="r")
+    except Exception as exc:  # medmnist raises bare RuntimeError / requests errors
+        url = info.get(f"url_{size}", info["url"])
+        raise DataUnavailableError(
+            f"could not download MedMNIST {flag!r} at {size} px into {root} ({exc.__class__.__name__}: {exc}). "
+            f"Network unavailable? Download {npz.name} from {url} and place it in {root}, "
+            "or use profile='smoke' (procedural data)") from exc
+
+
+def _items_from_folder(manifest: Manifest, layout: dict[str, Any], root: Path) -> list[ImageItem]:
+    exts = tuple(e.lower() for e in layout.get("extensions", DEFAULT_EXTENSIONS))
+    classes = manifest.classes
+    where = manifest.path or manifest.name
+    if not root.is_dir():
+        raise DataError(root, "source.root", "folder not found: expected one sub-folder per class "
+                                             f"({', '.join(classes)}), optionally under train/val/test")
+    subdirs = sorted(p.name for p in root.iterdir() if p.is_dir())
+    split_dirs = [s for s in SPLIT_NAMES if s in subdirs]
+    bases = [(root / s, s) for s in split_dirs] if split_dirs else [(root, None)]
+    items: list[ImageItem] = []
+    for base, split in bases:
+        for d in sorted(p for p in base.iterdir() if p.is_dir()):
+            if d.name not in classes:
+                raise DataError(d, "classes", f"sub-folder {d.name!r} is not a class of manifest {where}; "
+                                              f"expected one of {classes}")
+            for f in sorted(d.rglob("*")):
+                if f.suffix.lower() in exts and f.is_file():
+                    items.append(ImageItem(f, classes.index(d.name), split))
+    if not items:
+        raise DataError(root, "source.root", f"no images with extensions {exts} under class sub-folders")
+    return items
+
+
+def _items_from_csv(manifest: Manifest, layout: dict[str, Any], base: Path) -> list[ImageItem]:
+    import pandas as pd
+
+    csv_path = base / layout["path"] if not Path(layout["path"]).is_absolute() else Path(layout["path"])
+    csv_path = manifest.resolve(str(csv_path)) if not csv_path.is_absolute() else csv_path
+    if not csv_path.is_file():
+        raise DataError(csv_path, "source.path", "csv file not found")
+    names = layout.get("column_names")
+    df = pd.read_csv(csv_path, sep=layout.get("separator", ","), dtype=str, keep_default_na=False,
+                     header=None if names else "infer", names=names)
+    labelled = bool({"classification", "text-to-image"} & set(manifest.tasks))
+    label_cols = list(manifest["label_columns"]) if labelled else []
+    needed = {"source.image_column": [layout["image_column"]], "label_columns": label_cols}
+    if "patient_column" in manifest.data:
+        needed["patient_column"] = [manifest["patient_column"]]
+    if "column" in manifest["splits"]:
+        needed["splits.column"] = [manifest["splits"]["column"]]
+    for field, cols in needed.items():
+        for col in cols:
+            if col not in df.columns:
+                raise DataError(csv_path, field, f"column {col!r} is not in the csv; its columns are "
+                                                 f"{list(df.columns)}")
+    image_root = Path(layout.get("image_root", "."))
+    image_root = image_root if image_root.is_absolute() else (
+        manifest.resolve(layout["image_root"]) if "image_root" in layout else csv_path.parent)
+    suffix = layout.get("image_suffix", "")
+    classes = manifest.classes
+    multi = manifest.multi_label or len(label_cols) > 1
+    label_sep = layout.get("label_separator")
+    positives = {str(v) for v in layout.get("positive_values", ["1", "1.0", "True", "true"])}
+    split_cfg = manifest["splits"]
+    values = {**{s: s for s in SPLIT_NAMES}, **split_cfg.get("values", {})}
+    items: list[ImageItem] = []
+    missing: list[str] = []
+    target: int | list[float] | None
+    for row_no, row in enumerate(df.itertuples(index=False), start=2):
+        r = dict(zip(df.columns, row))
+        path = image_root / f"{r[layout['image_column']]}{suffix}"
+        if not path.is_file():
+            missing.append(f"{path} (csv line {row_no})")
+            continue
+        if not labelled:
+            target = None
+        elif multi and label_sep:
+            present = {v.strip() for v in str(r[label_cols[0]]).split(label_sep)}
+            target: int | list[float] = [1.0 if c in present else 0.0 for c in classes]
+        elif multi:
+            target = [1.0 if str(r[c]) in positives else 0.0 for c in label_cols]
+        else:
+            raw = str(r[label_cols[0]])
+            if raw in classes:
+                target = classes.index(raw)
+            else:
+                try:
+                    target = int(float(raw))
+                except ValueError:
+                    raise DataError(csv_path, "label_columns", f"line {row_no}: label {raw!r} in column "
+                                                               f"{label_cols[0]!r} is neither a class name "
+                                                               f"{classes} nor a class index") from None
+                if not 0 <= target < len(classes):
+                    raise DataError(csv_path, "label_columns", f"line {row_no}: class index {target} out of "
+                                                               f"range for {len(classes)} classes")
+        split = None
+        if "column" in split_cfg:
+            raw_split = str(r[split_cfg["column"]])
+            split = next((k for k, v in values.items() if v == raw_split and k in SPLIT_NAMES), None)
+            if split is None:
+                raise DataError(csv_path, "splits.column", f"line {row_no}: split value {raw_split!r} is not "
+                                                           f"one of {sorted(set(values.values()))}")
+        masks = None
+        if "mask_columns" in layout:
+            masks = [image_root / str(r[c]) for c in layout["mask_columns"]]
+        patient = str(r[manifest["patient_column"]]) if "patient_column" in manifest.data else None
+        items.append(ImageItem(path, target, split, patient, masks))
+    if missing:
+        raise DataError(missing[0].split(" (")[0], "source.image_column",
+                        f"{len(missing)} image file(s) listed in {csv_path} are missing, e.g. {missing[:3]}; "
+                        "check image_root / image_suffix in the manifest")
+    return items
+
+
+def _assign_splits(items: list[ImageItem], split_cfg: dict[str, Any]) -> None:
+    """Random split by ``fractions``, grouped by patient when known (never split a patient)."""
+    if all(it.split is not None for it in items):
+        return
+    fr = split_cfg.get("fractions")
+    if fr is None:
+        raise ValueError("items have no split and the manifest gives no 'fractions'")
+    groups = sorted({it.patient if it.patient is not None else str(it.path) for it in items})
+    rng = np.random.default_rng(int(split_cfg.get("seed", 0)))
+    order = rng.permutation(len(groups))
+    n_train = int(round(fr["train"] * len(groups)))
+    n_val = int(round(fr["val"] * len(groups)))
+    which: dict[str, str] = {}
+    for rank, gi in enumerate(order):
+        which[groups[gi]] = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
+    for it in items:
+        it.split = which[it.patient if it.patient is not None else str(it.path)]
+
+
+def _layout_base(manifest: Manifest) -> tuple[dict[str, Any], Path]:
+    src = manifest.source
+    layout = src.get("layout", src)
+    if src["type"] in ("url", "manual"):
+        base = manifest.resolve(layout.get("root", "."))
+    else:
+        base = manifest.resolve(layout.get("root", ".")) if layout["type"] == "folder" else data_dir(manifest.name)
+    return layout, base
+
+
+def list_items(manifest: Manifest, download: bool = True) -> list[ImageItem]:
+    """Every image of a file-based manifest with its target and split."""
+    src = manifest.source
+    if src["type"] == "url":
+        fetch(manifest, download=download)
+    elif src["type"] == "manual":
+        _check_manual(manifest)
+    layout, base = _layout_base(manifest)
+    items = (_items_from_folder(manifest, layout, base) if layout["type"] == "folder"
+             else _items_from_csv(manifest, layout, base))
+    _assign_splits(items, manifest["splits"])
+    return items
+
+
+def _check_manual(manifest: Manifest) -> None:
+    layout, base = _layout_base(manifest)
+    target = base / layout["path"] if layout["type"] == "csv" else base
+    if not target.exists():
+        src = manifest.source
+        raise DataUnavailableError(
+            f"dataset {manifest.name!r} must be downloaded by hand.\n{src['instructions'].strip()}\n"
+            f"Put it so that {target} exists "
+            f"({'the csv named in source.layout.path' if layout['type'] == 'csv' else 'one folder per class'}); "
+            f"the cache root is set by $NBSUPPORT_CACHE. Homepage: {src.get('homepage', manifest.get('homepage', '-'))}")
+
+
+def fetch(manifest: Manifest | str, download: bool = True) -> Path:
+    """Make a manifest's data available locally; return its directory.
+
+    ``url``: pooch downloads and checks the sha256 (once; cached). ``medmnist``: the npz.
+    ``manual``: raises :class:`DataUnavailableError` with instructions until the files are there.
+    ``synthetic``/``folder``/``csv``: nothing to fetch.
+    """
+    manifest = load_manifest(manifest) if not isinstance(manifest, Manifest) else manifest
+    src = manifest.source
+    target = data_dir(manifest.name)
+    if src["type"] == "url":
+        import pooch
+
+        target.mkdir(parents=True, exist_ok=True)
+        fname = src["url"].rstrip("/").split("/")[-1].split("?")[0] or "download"
+        done = target / f".fetched-{src['sha256'][:16]}"
+        if done.exists():
+            return target
+        if not download:
+            raise DataUnavailableError(f"{manifest.name}: not downloaded yet; run `nbsupport data fetch {manifest.name}`")
+        archive = src.get("archive", "none")
+        processor = pooch.Unzip(extract_dir=".") if archive == "zip" else (
+            pooch.Untar(extract_dir=".") if archive == "tar" else None)
+        try:
+            pooch.retrieve(src["url"], known_hash=f"sha256:{src['sha256'].lower()}", fname=fname,
+                           path=target, processor=processor, progressbar=False)
+        except ValueError as exc:
+            if "hash" in str(exc).lower():
+                raise DataError(src["url"], "source.sha256",
+                                f"checksum mismatch: expected sha256 {src['sha256'].lower()} ({exc}). The file "
+                                "changed upstream or the download is corrupt: delete it and retry, or update "
+                                "the manifest's sha256 if you trust the new file") from None
+            raise
+        except Exception as exc:  # requests' ConnectionError / Timeout / HTTPError
+            raise DataUnavailableError(
+                f"could not download {src['url']} for dataset {manifest.name!r} "
+                f"({exc.__class__.__name__}: {exc}). Network unavailable? Download it by hand and put "
+                f"{fname} in {target}, then run `nbsupport data fetch {manifest.name}` again; or use "
+                "profile='smoke' (procedural data)") from exc
+        done.write_text(src["sha256"])
+        return target
+    if src["type"] == "medmnist":
+        MedMNISTDataset(manifest, "train", download=download)
+        return target
+    if src["type"] == "manual":
+        _check_manual(manifest)
+        return _layout_base(manifest)[1]
+    return target
+
+
+def verify(manifest: Manifest | str, max_images: int | None = None) -> dict[str, Any]:
+    """Check that a dataset is complete and readable; return counts per split and class.
+
+    Every listed image is opened (up to ``max_images``); the first problem raises :class:`DataError`.
+    """
+    manifest = load_manifest(manifest) if not isinstance(manifest, Manifest) else manifest
+    src = manifest.source
+    report: dict[str, Any] = {"name": manifest.name, "source": src["type"], "splits": {}}
+    if src["type"] == "synthetic":
+        for s in SPLIT_NAMES:
+            ds = build_dataset(manifest, s, image_size=64, limit=max_images)
+            report["splits"][s] = {"images": manifest["splits"][s],
+                                   "classes": np.bincount(ds.targets, minlength=5).tolist()}
+        return report
+    if src["type"] == "medmnist":
+        for s in SPLIT_NAMES:
+            ds = MedMNISTDataset(manifest, s, download=False)
+            report["splits"][s] = {"images": len(ds), "classes": np.bincount(ds.targets).tolist()}
+        return report
+    items = list_items(manifest, download=False)
+    for i, it in enumerate(items):
+        if max_images is not None and i >= max_images:
+            break
+        _read_image(it.path)
+        for m in it.masks or []:
+            _read_image(m, "mask")
+    for s in SPLIT_NAMES:
+        sub = [it for it in items if it.split == s]
+        report["splits"][s] = {"images": len(sub)}
+    return report
+
+
+def build_dataset(
+    manifest: Manifest | str,
+    split: str = "train",
+    task: str = "classification",
+    image_size: int = 224,
+    limit: int | None = None,
+    mean: Sequence[float] | None = IMAGENET_MEAN,
+    std: Sequence[float] | None = IMAGENET_STD,
+    transform: Callable[[Image.Image], torch.Tensor] | None = None,
+    download: bool = True,
+) -> Dataset:
+    """A torch dataset for one split and task of a manifest.
+
+    Args:
+        manifest: a :class:`Manifest` or a manifest name / path.
+        split: ``train`` / ``val`` / ``test``.
+        task: ``classification`` / ``segmentation`` / ``text-to-image`` (must be in the manifest).
+        image_size: square output side in pixels.
+        limit: keep at most this many images (the first ones, for determinism; synthetic sets are
+            generated at this size instead).
+        mean, std: normalisation for classification/segmentation (``None`` leaves [0, 1]).
+        transform: replaces the default PIL -> tensor transform.
+        download: fetch url/medmnist data when it is not cached.
+    """
+    manifest = load_manifest(manifest) if not isinstance(manifest, Manifest) else manifest
+    where = manifest.path or manifest.name
+    if task not in manifest.tasks:
+        raise DataError(where, "tasks", f"task {task!r} is not offered by this manifest; it offers {manifest.tasks}")
+    if split not in SPLIT_NAMES:
+        raise ValueError(f"split={split!r}: expected one of {SPLIT_NAMES}")
+    src = manifest.source
+    if src["type"] == "synthetic":
+        n = int(manifest["splits"][split])
+        n = min(n, limit) if limit is not None else n
+        return FundusDataset(n, split, image_size, seed=int(src.get("seed", 0)),
+                             class_balance=src.get("class_balance", DEFAULT_CLASS_BALANCE),
+                             camera=src.get("camera", "default"), task=task, manifest=manifest,
+                             mean=mean, std=std, transform=transform)
+    if src["type"] == "medmnist":
+        ds = MedMNISTDataset(manifest, split, task, image_size, mean, std, transform, download)
+        if limit is not None and limit < len(ds):
+            return _Subset(ds, list(range(limit)))
+        return ds
+    items = [it for it in list_items(manifest, download=download) if it.split == split]
+    if limit is not None:
+        items = items[:limit]
+    return ImageListDataset(items, manifest, task, image_size, mean, std, transform)
+
+
+class _Subset(torch.utils.data.Subset):
+    """A Subset that keeps ``targets`` and ``classes`` of its base."""
+
+    def __init__(self, base: Dataset, indices: list[int]) -> None:
+        super().__init__(base, indices)
+        self.targets = [base.targets[i] for i in indices]  # type: ignore[attr-defined]
+        self.classes = getattr(base, "classes", None)
+        self.manifest = getattr(base, "manifest", None)

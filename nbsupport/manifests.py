@@ -1,0 +1,381 @@
+"""Data manifests: one YAML file per dataset, validated against a schema.
+
+A manifest says what a dataset is (tasks, modality, classes, findings, caption template), where it
+comes from (``source``: synthetic, folder, csv, medmnist, url, manual), how it is split, and under
+which licence and citation it may be used. :func:`load_manifest` validates it and raises
+:class:`ManifestError` naming the file, the field and what was expected.
+
+Relative paths inside a manifest (``root``, ``path``, ``image_root``) are resolved against the
+dataset's cache directory (``$NBSUPPORT_CACHE/data/<name>``); absolute paths and ``${ENV_VAR}``
+references are used as given.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from nbsupport.paths import data_dir, manifests_dir
+
+__all__ = [
+    "ManifestError",
+    "Manifest",
+    "MANIFEST_SCHEMA",
+    "SOURCE_SCHEMAS",
+    "load_manifest",
+    "validate_manifest",
+    "list_manifests",
+]
+
+TASKS = ["classification", "segmentation", "text-to-image"]
+SPLIT_NAMES = ["train", "val", "test"]
+
+
+class ManifestError(ValueError):
+    """A manifest that does not validate: names the file, the field and the expectation."""
+
+    def __init__(self, file: str | Path, field: str, message: str) -> None:
+        self.file = str(file)
+        self.field = field
+        self.message = message
+        super().__init__(f"{file}: field '{field}': {message}")
+
+
+_str = {"type": "string", "minLength": 1}
+_str_list = {"type": "array", "items": _str, "minItems": 1}
+_pos_int = {"type": "integer", "minimum": 1}
+
+_layout_folder = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["type"],
+    "properties": {
+        "type": {"const": "folder"},
+        "root": _str,
+        "extensions": _str_list,
+    },
+}
+_layout_csv = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["type", "path", "image_column"],
+    "properties": {
+        "type": {"const": "csv"},
+        "path": _str,
+        "image_root": _str,
+        "image_column": _str,
+        "mask_columns": _str_list,
+        "image_suffix": {"type": "string"},
+        "separator": _str,
+        "column_names": _str_list,
+        "label_separator": _str,
+        "positive_values": {"type": "array"},
+    },
+}
+
+SOURCE_SCHEMAS: dict[str, dict[str, Any]] = {
+    "synthetic": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["type", "generator"],
+        "properties": {
+            "type": {"const": "synthetic"},
+            "generator": {"enum": ["fundus"]},
+            "seed": {"type": "integer", "minimum": 0},
+            "camera": _str,
+            "class_balance": {"type": "array", "items": {"type": "number", "minimum": 0},
+                              "minItems": 5, "maxItems": 5},
+        },
+    },
+    "folder": _layout_folder,
+    "csv": _layout_csv,
+    "medmnist": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["type", "flag"],
+        "properties": {
+            "type": {"const": "medmnist"},
+            "flag": _str,
+            "size": {"enum": [28, 64, 128, 224]},
+        },
+    },
+    "url": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["type", "url", "sha256", "layout"],
+        "properties": {
+            "type": {"const": "url"},
+            "url": {"type": "string", "pattern": "^(https?|ftp)://"},
+            "sha256": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
+            "archive": {"enum": ["none", "zip", "tar"]},
+            "layout": {"type": "object"},
+        },
+    },
+    "manual": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["type", "instructions", "layout"],
+        "properties": {
+            "type": {"const": "manual"},
+            "instructions": _str,
+            "homepage": _str,
+            "layout": {"type": "object"},
+        },
+    },
+}
+
+MANIFEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "title", "tasks", "modality", "source", "license", "citation", "splits"],
+    "properties": {
+        "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]*$"},
+        "title": _str,
+        "description": {"type": "string"},
+        "tasks": {"type": "array", "items": {"enum": TASKS}, "minItems": 1, "uniqueItems": True},
+        "modality": _str,
+        "source": {
+            "type": "object",
+            "required": ["type"],
+            "properties": {"type": {"enum": list(SOURCE_SCHEMAS)}},
+        },
+        "license": _str,
+        "citation": _str,
+        "homepage": _str,
+        "classes": _str_list,
+        "findings": _str_list,
+        "label_columns": _str_list,
+        "multi_label": {"type": "boolean"},
+        "patient_column": _str,
+        "caption_template": _str,
+        "caption_empty": _str,
+        "native_resolution": _pos_int,
+        "splits": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "train": _pos_int,
+                "val": _pos_int,
+                "test": _pos_int,
+                "column": _str,
+                "values": {"type": "object", "additionalProperties": _str},
+                "fractions": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": SPLIT_NAMES,
+                    "properties": {k: {"type": "number", "exclusiveMinimum": 0, "maximum": 1}
+                                   for k in SPLIT_NAMES},
+                },
+                "seed": {"type": "integer", "minimum": 0},
+                "builtin": {"type": "boolean"},
+            },
+        },
+    },
+}
+
+_TYPE_NAMES = {"string": "a string", "integer": "an integer", "number": "a number",
+               "boolean": "true or false", "array": "a list", "object": "a mapping"}
+
+
+def _field_path(error: jsonschema.ValidationError, prefix: str = "") -> str:
+    parts = [prefix] if prefix else []
+    parts += [f"[{p}]" if isinstance(p, int) else str(p) for p in error.absolute_path]
+    return ".".join(parts).replace(".[", "[") or "<top level>"
+
+
+def _explain(error: jsonschema.ValidationError, prefix: str = "") -> tuple[str, str]:
+    """(field, message) for a jsonschema error, in plain words."""
+    field = _field_path(error, prefix)
+    v = error.validator
+    if v == "required":
+        missing = [m for m in error.validator_value if m not in (error.instance or {})]
+        name = missing[0] if missing else "?"
+        full = f"{field}.{name}" if field != "<top level>" else name
+        return full, "missing required field"
+    if v == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        full = f"{field}.{extra[0]}" if field != "<top level>" else extra[0]
+        return full, f"unknown field (allowed here: {', '.join(allowed)})"
+    if v == "type":
+        want = error.validator_value
+        want_s = " or ".join(_TYPE_NAMES.get(w, w) for w in (want if isinstance(want, list) else [want]))
+        return field, f"expected {want_s}, got {type(error.instance).__name__} {error.instance!r}"
+    if v == "enum":
+        return field, f"expected one of {error.validator_value}, got {error.instance!r}"
+    if v == "const":
+        return field, f"expected {error.validator_value!r}, got {error.instance!r}"
+    if v == "pattern":
+        return field, f"value {error.instance!r} does not match the pattern {error.validator_value!r}"
+    if v in ("minItems", "maxItems", "minimum", "maximum", "exclusiveMinimum", "minLength", "uniqueItems"):
+        return field, f"value {error.instance!r} violates {v}={error.validator_value!r}"
+    return field, error.message
+
+
+def _first_error(validator: jsonschema.Draft202012Validator, data: Any) -> jsonschema.ValidationError | None:
+    errors = sorted(validator.iter_errors(data), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    return errors[0] if errors else None
+
+
+def validate_manifest(data: Any, file: str | Path = "<manifest>") -> dict[str, Any]:
+    """Validate a parsed manifest; return it with defaults filled in.
+
+    Raises:
+        ManifestError: for the first problem found, naming file, field and expectation.
+    """
+    if not isinstance(data, dict):
+        raise ManifestError(file, "<top level>", f"expected a mapping of fields, got {type(data).__name__}")
+    err = _first_error(jsonschema.Draft202012Validator(MANIFEST_SCHEMA), data)
+    if err is not None:
+        raise ManifestError(file, *_explain(err))
+    src = data["source"]
+    err = _first_error(jsonschema.Draft202012Validator(SOURCE_SCHEMAS[src["type"]]), src)
+    if err is not None:
+        raise ManifestError(file, *_explain(err, "source"))
+    if src["type"] in ("url", "manual"):
+        layout = src["layout"]
+        lt = layout.get("type")
+        if lt not in ("folder", "csv"):
+            raise ManifestError(file, "source.layout.type", f"expected one of ['folder', 'csv'], got {lt!r}")
+        err = _first_error(jsonschema.Draft202012Validator(SOURCE_SCHEMAS[lt]), layout)
+        if err is not None:
+            raise ManifestError(file, *_explain(err, "source.layout"))
+
+    out = copy.deepcopy(data)
+    tasks = out["tasks"]
+    if "classification" in tasks and "classes" not in out and "findings" not in out:
+        raise ManifestError(file, "classes", "missing: a classification manifest needs 'classes' "
+                                              "(single-label) or 'findings' (multi-label)")
+    if "text-to-image" in tasks and "caption_template" not in out:
+        raise ManifestError(file, "caption_template", "missing: a text-to-image manifest needs a "
+                                                       "caption template, e.g. 'Chest X-ray showing {findings}.'")
+    if "segmentation" in tasks and src["type"] != "synthetic" and "findings" not in out:
+        raise ManifestError(file, "findings", "missing: a segmentation manifest names its mask kinds in 'findings'")
+    layout = src.get("layout", src)
+    labelled = bool({"classification", "text-to-image"} & set(tasks))
+    if layout.get("type") == "csv" and labelled and "label_columns" not in out:
+        raise ManifestError(file, "label_columns", "missing: a csv source needs the label column name(s)")
+    splits = out["splits"]
+    if src["type"] == "synthetic":
+        for k in SPLIT_NAMES:
+            if k not in splits:
+                raise ManifestError(file, f"splits.{k}", "missing: a synthetic source needs a size per split")
+    else:
+        if not any(k in splits for k in ("column", "fractions", "builtin")):
+            raise ManifestError(file, "splits", "expected one of 'column' (a split column in the csv), "
+                                                "'fractions' (random split) or 'builtin: true'")
+        if "fractions" in splits:
+            total = sum(splits["fractions"].values())
+            if abs(total - 1.0) > 1e-6:
+                raise ManifestError(file, "splits.fractions", f"fractions must sum to 1, got {total:g}")
+    if "patient_column" in out and layout.get("type") != "csv":
+        raise ManifestError(file, "patient_column", "only a csv source can name a patient column")
+    out.setdefault("description", "")
+    out.setdefault("multi_label", False)
+    return out
+
+
+@dataclass
+class Manifest:
+    """A validated manifest.
+
+    Attributes:
+        name: dataset name.
+        data: the validated fields (plain dict, as in the YAML).
+        path: the YAML file it came from (None when built from a dict).
+    """
+
+    name: str
+    data: dict[str, Any]
+    path: Path | None = None
+
+    @property
+    def source(self) -> dict[str, Any]:
+        return self.data["source"]
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.data["tasks"])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.data.get("classes") or self.data.get("findings") or [])
+
+    @property
+    def findings(self) -> list[str]:
+        return list(self.data.get("findings") or [])
+
+    @property
+    def multi_label(self) -> bool:
+        return bool(self.data.get("multi_label"))
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def resolve(self, value: str) -> Path:
+        """Resolve a path field: ``${VAR}`` and ``~`` expanded; relative to the cache data dir."""
+        expanded = os.path.expanduser(os.path.expandvars(value))
+        if "$" in expanded:
+            raise ManifestError(self.path or self.name, "path",
+                                f"{value!r} uses an environment variable that is not set")
+        p = Path(expanded)
+        return p if p.is_absolute() else data_dir(self.name) / p
+
+    def describe(self) -> str:
+        """A few lines for ``nbsupport data describe``."""
+        d = self.data
+        lines = [f"{d['name']}: {d['title']}", f"  tasks     : {', '.join(d['tasks'])}",
+                 f"  modality  : {d['modality']}", f"  source    : {d['source']['type']}",
+                 f"  license   : {d['license']}", f"  citation  : {d['citation']}"]
+        if self.classes:
+            lines.append(f"  {'findings' if self.multi_label else 'classes'}   : {', '.join(self.classes)}")
+        if "native_resolution" in d:
+            lines.append(f"  resolution: {d['native_resolution']} px")
+        if d.get("description"):
+            lines.append(f"  {d['description'].strip()}")
+        return "\n".join(lines)
+
+
+def _manifest_path(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    return manifests_dir() / f"{name_or_path}.yaml"
+
+
+def load_manifest(name_or_path: str | Path | dict[str, Any]) -> Manifest:
+    """Load and validate a manifest by name (``data_manifests/<name>.yaml``), path, or dict.
+
+    Raises:
+        FileNotFoundError: naming the file and listing the shipped manifests.
+        ManifestError: for invalid YAML or an invalid field.
+    """
+    if isinstance(name_or_path, dict):
+        data = validate_manifest(name_or_path, "<dict>")
+        return Manifest(data["name"], data, None)
+    path = _manifest_path(name_or_path)
+    if not path.is_file():
+        known = ", ".join(list_manifests()) or "none"
+        raise FileNotFoundError(f"no manifest {str(name_or_path)!r} (looked for {path}); "
+                                f"shipped manifests: {known}. To add one, see book/add_a_dataset.md")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ManifestError(path, "<yaml>", f"not valid YAML: {exc}") from exc
+    data = validate_manifest(raw, path)
+    return Manifest(data["name"], data, path)
+
+
+def list_manifests(directory: Path | None = None) -> list[str]:
+    """Names of the manifests in ``data_manifests/``."""
+    directory = directory or manifests_dir()
+    return sorted(p.stem for p in directory.glob("*.yaml")) if directory.is_dir() else []

@@ -1,0 +1,172 @@
+"""Profiles: the one knob for scale.
+
+Every chapter's ``parameters`` cell has ``profile`` first. A profile fixes model size, data size,
+resolution and whether random weights are allowed; it never silently changes meaning.
+
+| profile | where        | models                              | data                     |
+|---------|--------------|-------------------------------------|--------------------------|
+| smoke   | CI, any CPU  | tiny, randomly initialised          | procedural, 64 px, dozens|
+| cpu     | a laptop     | small; pretrained when available    | procedural, moderate     |
+| gpu     | Colab T4     | hub weights, pinned revisions       | real sets via manifests  |
+| full    | >= 40 GB GPU | as in the papers                    | as in the papers         |
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["Profile", "PROFILES", "get_profile", "profile_names"]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Settings that scale every chapter together.
+
+    Attributes:
+        name: profile name (``smoke``, ``cpu``, ``gpu``, ``full``).
+        description: one line for the page.
+        random_weights: True when models are tiny and randomly initialised *by design*.
+            When False, hub weights are required and a failed download is an error.
+        image_size: classification input resolution in pixels.
+        sd_resolution: Stable Diffusion training/sampling resolution in pixels.
+        n_train, n_val, n_test: number of images per split for procedural data
+            (real manifests use their own splits; ``max_train`` caps them, ``None`` = all).
+        max_train: cap on training images for real datasets (None = all).
+        epochs: classification training epochs.
+        batch_size: classification batch size.
+        sd_steps: Stable Diffusion optimisation steps.
+        sd_batch_size: Stable Diffusion batch size (per step, before accumulation).
+        vit: timm model name of the classification backbone.
+        default_dataset: manifest used when a chapter is not given one.
+        num_workers: DataLoader workers.
+        mixed_precision: whether autocast is used on a CUDA device.
+    """
+
+    name: str
+    description: str
+    random_weights: bool
+    image_size: int
+    sd_resolution: int
+    n_train: int
+    n_val: int
+    n_test: int
+    max_train: int | None
+    epochs: int
+    batch_size: int
+    sd_steps: int
+    sd_batch_size: int
+    vit: str
+    default_dataset: str
+    num_workers: int
+    mixed_precision: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict, for run records."""
+        return asdict(self)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        description="CI on any CPU: tiny randomly initialised models, procedural data at 64 px. "
+        "Numbers prove the code runs; they mean nothing about the methods.",
+        random_weights=True,
+        image_size=64,
+        sd_resolution=64,
+        n_train=40,
+        n_val=20,
+        n_test=20,
+        max_train=40,
+        epochs=2,
+        batch_size=8,
+        sd_steps=4,
+        sd_batch_size=2,
+        vit="vit_tiny_patch16_224",
+        default_dataset="fundus-procedural",
+        num_workers=0,
+        mixed_precision=False,
+    ),
+    "cpu": Profile(
+        name="cpu",
+        description="A laptop without a GPU: small models, procedural data at 128 px; "
+        "pretrained weights are used when they can be loaded.",
+        random_weights=False,
+        image_size=128,
+        sd_resolution=128,
+        n_train=600,
+        n_val=150,
+        n_test=250,
+        max_train=600,
+        epochs=5,
+        batch_size=32,
+        sd_steps=100,
+        sd_batch_size=2,
+        vit="vit_small_patch16_224.augreg_in21k",
+        default_dataset="fundus-procedural",
+        num_workers=2,
+        mixed_precision=False,
+    ),
+    "gpu": Profile(
+        name="gpu",
+        description="A Colab T4 (16 GB): ViT-B/16 with hub weights at 224 px, real datasets via manifests; "
+        "Stable Diffusion v1.5 at 512 px.",
+        random_weights=False,
+        image_size=224,
+        sd_resolution=512,
+        n_train=4000,
+        n_val=500,
+        n_test=1000,
+        max_train=None,
+        epochs=20,
+        batch_size=32,
+        sd_steps=1000,
+        sd_batch_size=1,
+        vit="vit_base_patch16_224.augreg2_in21k_ft_in1k",
+        default_dataset="retinamnist-224",
+        num_workers=2,
+        mixed_precision=True,
+    ),
+    "full": Profile(
+        name="full",
+        description="A >= 40 GB GPU: paper settings (ViT-B/16, 60 epochs; SD 1.5 at 512 px, batch 8).",
+        random_weights=False,
+        image_size=224,
+        sd_resolution=512,
+        n_train=20000,
+        n_val=2000,
+        n_test=4000,
+        max_train=None,
+        epochs=60,
+        batch_size=50,
+        sd_steps=10000,
+        sd_batch_size=8,
+        vit="vit_base_patch16_clip_224.openai",
+        default_dataset="aptos2019",
+        num_workers=8,
+        mixed_precision=True,
+    ),
+}
+
+
+def profile_names() -> list[str]:
+    """Names of the profiles, smallest first."""
+    return list(PROFILES)
+
+
+def get_profile(name: str | Profile) -> Profile:
+    """Look up a profile by name.
+
+    Raises:
+        ValueError: naming the unknown profile and the valid ones.
+    """
+    if isinstance(name, Profile):
+        return name
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown profile {name!r}: expected one of {', '.join(PROFILES)} "
+            "(set it in the chapter's parameters cell or with --profile)"
+        ) from None

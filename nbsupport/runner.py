@@ -1,0 +1,197 @@
+"""Execute chapters with papermill and build the website from the executed copies.
+
+The source notebooks stay output-free; executed copies go to ``_build/executed/`` and the book is
+built from a staging copy with Jupyter Book's own execution turned off.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from nbsupport.paths import RECORDS_ENV, repo_root
+from nbsupport.profiles import get_profile
+
+__all__ = ["ChapterFailed", "ExecutedChapter", "toc_chapters", "execute_chapter", "build_book"]
+
+
+class ChapterFailed(RuntimeError):
+    """A chapter cell raised: carries the cell's error for the command line."""
+
+
+@dataclass
+class ExecutedChapter:
+    """Result of :func:`execute_chapter`."""
+
+    source: Path
+    output: Path
+    records: list[Path]
+    seconds: float
+
+
+def _toc_files(node: Any) -> list[str]:
+    out: list[str] = []
+    if isinstance(node, dict):
+        if "file" in node:
+            out.append(str(node["file"]))
+        for key in ("root", "parts", "chapters", "sections"):
+            if key in node:
+                val = node[key]
+                if key == "root":
+                    out.append(str(val))
+                else:
+                    for child in val:
+                        out += _toc_files(child)
+    elif isinstance(node, list):
+        for child in node:
+            out += _toc_files(child)
+    return out
+
+
+def toc_chapters(root: Path | None = None) -> list[Path]:
+    """The chapter notebooks listed in ``_toc.yml``, in book order."""
+    root = root or repo_root()
+    toc = yaml.safe_load((root / "_toc.yml").read_text(encoding="utf-8"))
+    chapters = []
+    for entry in _toc_files(toc):
+        path = root / entry
+        if path.suffix == "":
+            candidates = [path.with_suffix(s) for s in (".ipynb", ".md")]
+            found = [c for c in candidates if c.is_file()]
+            if not found:
+                raise FileNotFoundError(f"_toc.yml lists {entry}, but neither {entry}.ipynb nor {entry}.md exists")
+            path = found[0]
+        elif not path.is_file():
+            raise FileNotFoundError(f"_toc.yml lists {entry}, but {path} does not exist")
+        if path.suffix == ".ipynb":
+            chapters.append(path)
+    return chapters
+
+
+def _parse_value(value: str) -> Any:
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
+def execute_chapter(
+    notebook: Path | str,
+    output_dir: Path | str | None = None,
+    parameters: dict[str, Any] | None = None,
+    profile: str | None = None,
+    records_dir: Path | str | None = None,
+    kernel_name: str = "python3",
+    progress: bool = False,
+) -> ExecutedChapter:
+    """Execute one chapter with papermill into ``output_dir`` (default ``_build/executed``).
+
+    Args:
+        notebook: the chapter.
+        output_dir: folder of the executed copy (same file name).
+        parameters: values injected after the ``parameters`` cell (strings are parsed as YAML).
+        profile: shorthand for ``parameters["profile"]``.
+        records_dir: where the chapter's run records go (``$NBSUPPORT_RECORDS`` for the kernel);
+            default ``<output_dir>/records``.
+
+    Raises:
+        ChapterFailed: with the failing cell's error and traceback.
+    """
+    import papermill as pm
+
+    nb = Path(notebook).resolve()
+    if not nb.is_file():
+        raise FileNotFoundError(f"no notebook at {nb}")
+    root = repo_root(nb.parent)
+    out_dir = Path(output_dir) if output_dir else root / "_build" / "executed" / nb.parent.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rec_dir = Path(records_dir) if records_dir else out_dir / "records"
+    rec_dir.mkdir(parents=True, exist_ok=True)
+    params = {k: _parse_value(v) if isinstance(v, str) else v for k, v in (parameters or {}).items()}
+    if profile is not None:
+        get_profile(profile)
+        params["profile"] = profile
+    output = out_dir / nb.name
+    before = {p: p.stat().st_mtime for p in rec_dir.glob("*.json")}
+    old_env = os.environ.get(RECORDS_ENV)
+    os.environ[RECORDS_ENV] = str(rec_dir.resolve())
+    start = time.perf_counter()
+    try:
+        pm.execute_notebook(str(nb), str(output), parameters=params, kernel_name=kernel_name,
+                            cwd=str(nb.parent), progress_bar=progress, log_output=False)
+    except pm.PapermillExecutionError as exc:
+        tb = "\n".join(exc.traceback) if exc.traceback else ""
+        raise ChapterFailed(f"{nb.name}: cell {exc.exec_count} raised {exc.ename}: {exc.evalue}\n{tb}\n"
+                            f"(executed copy with the error: {output})") from None
+    finally:
+        if old_env is None:
+            os.environ.pop(RECORDS_ENV, None)
+        else:
+            os.environ[RECORDS_ENV] = old_env
+    seconds = time.perf_counter() - start
+    records = sorted(p for p in rec_dir.glob("*.json") if before.get(p) != p.stat().st_mtime)
+    return ExecutedChapter(nb, output, records, seconds)
+
+
+def build_book(
+    profile: str = "smoke",
+    root: Path | None = None,
+    build_dir: Path | None = None,
+    execute: bool = True,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Execute every chapter in ``_toc.yml`` order, then build the HTML from the executed copies.
+
+    Returns:
+        The folder holding ``index.html``.
+    """
+    get_profile(profile)
+    root = (root or repo_root()).resolve()
+    build_dir = (build_dir or root / "_build").resolve()
+    executed = build_dir / "executed"
+    stage = build_dir / "stage"
+    chapters = toc_chapters(root)
+    if execute:
+        for i, nb in enumerate(chapters, 1):
+            log(f"[{i}/{len(chapters)}] {nb.relative_to(root)} (profile={profile}) ...")
+            res = execute_chapter(nb, executed / nb.parent.relative_to(root), profile=profile,
+                                  records_dir=build_dir / "records")
+            log(f"[{i}/{len(chapters)}] {nb.relative_to(root)} done in {res.seconds:.1f} s")
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    for name in ("_toc.yml", "README.md"):
+        if (root / name).exists():
+            shutil.copy2(root / name, stage / name)
+    cfg = yaml.safe_load((root / "_config.yml").read_text(encoding="utf-8")) or {}
+    cfg.setdefault("execute", {})["execute_notebooks"] = "off"
+    (stage / "_config.yml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    for folder in ("book",):
+        if (root / folder).exists():
+            shutil.copytree(root / folder, stage / folder)
+    for nb in chapters:
+        rel = nb.relative_to(root)
+        src = executed / rel.parent / rel.name
+        if not src.exists():
+            raise FileNotFoundError(f"{rel} has no executed copy in {executed}: run without --no-execute")
+        (stage / rel.parent).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, stage / rel)
+    jb = Path(sys.executable).parent / "jupyter-book"
+    cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(stage), "--path-output", str(build_dir)]
+    log("building HTML: " + " ".join(cmd))
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"jupyter-book build failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}\n"
+                           f"{proc.stderr[-4000:]}")
+    html = build_dir / "_build" / "html"
+    log(f"website built in {time.perf_counter() - t0:.1f} s: {html / 'index.html'}")
+    return html

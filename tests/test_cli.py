@@ -1,0 +1,75 @@
+"""The command line: data commands and `run` on a small notebook (success and failing cell)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from nbsupport.cli import main
+
+
+def test_data_list(capsys):
+    assert main(["data", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "fundus-procedural" in out and "retinamnist-224" in out and "manual" in out
+
+
+def test_data_describe(capsys):
+    assert main(["data", "describe", "aptos2019"]) == 0
+    out = capsys.readouterr().out
+    assert "APTOS 2019" in out and "license" in out and "Karthik" in out
+
+
+def test_data_verify_synthetic(capsys):
+    assert main(["data", "verify", "fundus-procedural", "--max-images", "5"]) == 0
+    assert '"source": "synthetic"' in capsys.readouterr().out
+
+
+def test_data_errors_exit_2_with_message(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\ntitle: x\n")
+    assert main(["data", "describe", str(bad)]) == 2
+    assert "bad.yaml: field 'tasks': missing required field" in capsys.readouterr().err
+    assert main(["data", "fetch", "chexpert"]) == 2
+    assert "must be downloaded by hand" in capsys.readouterr().err
+
+
+def _notebook(path, body):
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('profile = "smoke"\nvalue = 1')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def test_run_injects_parameters_and_reports_record(tmp_path):
+    nb = tmp_path / "ch.ipynb"
+    _notebook(nb, "from nbsupport import records\n"
+                  "records.write_record('ch', profile, 'd', 'random', {'value': value})")
+    out = subprocess.run([sys.executable, "-m", "nbsupport", "run", str(nb), "-p", "value", "41",
+                          "--profile", "cpu", "--output", str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "executed copy:" in out.stdout and "ch-d.json" in out.stdout
+    import json
+
+    rec = json.loads((tmp_path / "out" / "records" / "ch-d.json").read_text())
+    assert rec["metrics"] == {"value": 41} and rec["profile"] == "cpu"
+
+
+def test_run_failing_cell_fails_the_command(tmp_path):
+    nb = tmp_path / "bad.ipynb"
+    _notebook(nb, "raise ValueError('the answer is ' + str(value))")
+    out = subprocess.run([sys.executable, "-m", "nbsupport", "run", str(nb), "--output", str(tmp_path / "o")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1
+    assert "ValueError: the answer is 1" in out.stderr
+
+
+def test_unknown_profile_rejected(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "x.ipynb", "--profile", "huge"])
