@@ -1,0 +1,284 @@
+"""Training and evaluation of an adapted classifier, resumable after an interruption.
+
+The loop: AdamW on the trainable parameters only, linear warm-up then cosine decay (per step),
+mixed precision on CUDA (bf16 where supported, else fp16 with a GradScaler), gradient clipping,
+validation after every epoch with the best-Kappa checkpoint kept, and a held-out test of the best
+model at the end. Checkpoints hold trainable tensors only (safetensors) plus JSON; the optimizer
+state is flattened into safetensors too, so nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from nbsupport.methods import load_trainable, save_trainable, trainable_parameters, trainable_state_dict
+from nbsupport.metrics import classification_metrics
+
+__all__ = ["TrainConfig", "TrainResult", "train_classifier", "evaluate", "predict", "amp_dtype"]
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of :func:`train_classifier` (defaults: the DVPT paper's recipe, shorter).
+
+    Attributes:
+        epochs: passes over the training set.
+        lr: peak learning rate (AdamW).
+        weight_decay: AdamW weight decay.
+        warmup_epochs: linear warm-up length, then cosine decay to zero.
+        batch_size: images per step.
+        grad_clip: max gradient norm (None: no clipping).
+        amp: use autocast on CUDA (ignored on CPU).
+        seed: seeds the data order (per epoch) and dropout.
+        num_workers: DataLoader workers.
+        eval_batch_size: batch size for validation / test.
+    """
+
+    epochs: int = 10
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    batch_size: int = 32
+    grad_clip: float | None = 1.0
+    amp: bool = True
+    seed: int = 0
+    num_workers: int = 0
+    eval_batch_size: int = 64
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_classifier` returns (and its run record holds)."""
+
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best_val: dict[str, float]
+    test: dict[str, float]
+    step_time_s: float
+    images_per_s: float
+    peak_memory_bytes: int | None
+    steps: int
+    checkpoint: str | None
+    resumed_from_epoch: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 where the GPU supports it, fp16 otherwise (e.g. a T4), None on CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 64,
+            amp: bool = True, num_workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities ``[N, K]`` and labels ``[N]`` over a dataset."""
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    dtype = amp_dtype(device) if amp else None
+    probs, labels = [], []
+    for x, y in loader:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(x.to(device, non_blocking=True))
+        probs.append(logits.float().softmax(-1).cpu())
+        labels.append(torch.as_tensor(y))
+    return torch.cat(probs).numpy(), torch.cat(labels).numpy()
+
+
+def evaluate(model: nn.Module, dataset: Dataset, device: torch.device, num_classes: int,
+             batch_size: int = 64, amp: bool = True) -> dict[str, float]:
+    """Accuracy, Kappa, AUC and F1 of a model on a dataset."""
+    probs, labels = predict(model, dataset, device, batch_size, amp)
+    return classification_metrics(labels, probs, num_classes)
+
+
+def _lr_lambda(total_steps: int, warmup_steps: int):
+    def fn(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return fn
+
+
+def _save_optimizer(opt: torch.optim.Optimizer, path: Path) -> dict[str, Any]:
+    """Optimizer tensors -> safetensors; returns the JSON-able remainder."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, dict[str, Any]] = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"{idx}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                plain.setdefault(str(idx), {})[k] = v
+    safetensors.torch.save_file(tensors, str(path))
+    return {"param_groups": sd["param_groups"], "plain_state": plain}
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, path: Path, meta: dict[str, Any]) -> None:
+    tensors = safetensors.torch.load_file(str(path))
+    state: dict[int, dict[str, Any]] = {}
+    for key, t in tensors.items():
+        idx, k = key.split(".", 1)
+        state.setdefault(int(idx), {})[k] = t
+    for idx, kv in meta["plain_state"].items():
+        state.setdefault(int(idx), {}).update(kv)
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _save_last(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, state: dict[str, Any]) -> None:
+    save_trainable(model, ckpt / "last.safetensors")
+    opt_meta = _save_optimizer(opt, ckpt / "last_optimizer.safetensors")
+    sched_sd = {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"}
+    payload = {**state, "optimizer": opt_meta, "scheduler": sched_sd}
+    tmp = ckpt / "last_state.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+    tmp.replace(ckpt / "last_state.json")   # written last: its presence means a complete checkpoint
+
+
+def train_classifier(
+    model: nn.Module,
+    train_set: Dataset,
+    val_set: Dataset,
+    test_set: Dataset | None,
+    num_classes: int,
+    cfg: TrainConfig = TrainConfig(),
+    device: torch.device | str = "cpu",
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    stop_after_epochs: int | None = None,
+) -> TrainResult:
+    """Train ``model``'s trainable parameters; keep the best-on-validation (Kappa) weights.
+
+    Args:
+        model: an adapted model (see :func:`nbsupport.methods.adapt`).
+        train_set, val_set, test_set: datasets yielding ``(x [3,S,S], y int)``.
+        num_classes: number of classes.
+        cfg: :class:`TrainConfig`.
+        device: where to train.
+        checkpoint_dir: folder for ``best.*`` and ``last*`` checkpoints; with ``resume`` an
+            interrupted run continues from its last completed epoch.
+        stop_after_epochs: stop (as an interruption would) after this many epochs of this call.
+
+    Returns:
+        :class:`TrainResult`; ``test`` holds the best model's test metrics (empty without a test set).
+    """
+    device = torch.device(device)
+    model.to(device)
+    params = trainable_parameters(model)
+    if not params:
+        raise ValueError("the model has no trainable parameters: adapt it with nbsupport.methods.adapt first")
+    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, _lr_lambda(total_steps, max(1, int(round(cfg.warmup_epochs * steps_per_epoch)))))
+    dtype = amp_dtype(device) if cfg.amp else None
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+
+    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+    start_epoch, best_kappa, best_epoch, history = 0, -math.inf, -1, []
+    best_val: dict[str, float] = {}
+    best_state: dict[str, torch.Tensor] | None = None
+    if ckpt is not None:
+        ckpt.mkdir(parents=True, exist_ok=True)
+        if resume and (ckpt / "last_state.json").exists():
+            state = json.loads((ckpt / "last_state.json").read_text(encoding="utf-8"))
+            load_trainable(model, ckpt / "last.safetensors")
+            _load_optimizer(opt, ckpt / "last_optimizer.safetensors", state["optimizer"])
+            sched.load_state_dict({**state["scheduler"], "lr_lambdas": [None]})
+            start_epoch, best_kappa = state["epoch"], state["best_kappa"]
+            best_epoch, history, best_val = state["best_epoch"], state["history"], state["best_val"]
+            if progress:
+                print(f"resuming from {ckpt} after epoch {start_epoch} (best val kappa {best_kappa:.4f})")
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    train_seconds, steps_done, images_done = 0.0, 0, 0
+    epochs_run = 0
+    bar = tqdm(range(start_epoch, cfg.epochs), desc="epochs", disable=not progress, initial=start_epoch,
+               total=cfg.epochs)
+    for epoch in bar:
+        model.train()
+        torch.manual_seed(cfg.seed * 100_003 + epoch)
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=gen,
+                            num_workers=cfg.num_workers, drop_last=False)
+        losses = []
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        for x, y in tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress):
+            x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                loss = F.cross_entropy(model(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip is not None:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            losses.append(loss.item())
+            steps_done += 1
+            images_done += x.shape[0]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_seconds += time.perf_counter() - t0
+        val = evaluate(model, val_set, device, num_classes, cfg.eval_batch_size, cfg.amp)
+        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"],
+               **{f"val_{k}": v for k, v in val.items()}}
+        history.append(row)
+        if val["kappa"] > best_kappa:
+            best_kappa, best_epoch, best_val = val["kappa"], epoch + 1, val
+            best_state = {k: v.clone() for k, v in trainable_state_dict(model).items()}
+            if ckpt is not None:
+                save_trainable(model, ckpt / "best.safetensors", {"epoch": epoch + 1, "val": val})
+        if ckpt is not None:
+            _save_last(ckpt, model, opt, sched, {"epoch": epoch + 1, "best_kappa": best_kappa,
+                                                 "best_epoch": best_epoch, "history": history,
+                                                 "best_val": best_val})
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_kappa=f"{val['kappa']:.3f}")
+        epochs_run += 1
+        if stop_after_epochs is not None and epochs_run >= stop_after_epochs and epoch + 1 < cfg.epochs:
+            break
+
+    finished = bool(history) and history[-1]["epoch"] == cfg.epochs
+    test: dict[str, float] = {}
+    if finished and test_set is not None:
+        if best_state is not None:
+            named = dict(model.named_parameters())
+            with torch.no_grad():
+                for k, v in best_state.items():
+                    named[k].copy_(v.to(named[k].device))
+        elif ckpt is not None and (ckpt / "best.safetensors").exists():
+            load_trainable(model, ckpt / "best.safetensors")
+        test = evaluate(model, test_set, device, num_classes, cfg.eval_batch_size, cfg.amp)
+    peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+    return TrainResult(
+        history=history, best_epoch=best_epoch, best_val=best_val, test=test,
+        step_time_s=train_seconds / max(steps_done, 1), images_per_s=images_done / max(train_seconds, 1e-9),
+        peak_memory_bytes=peak, steps=steps_done,
+        checkpoint=str(ckpt / "best.safetensors") if ckpt is not None else None,
+        resumed_from_epoch=start_epoch,
+    )
