@@ -138,8 +138,7 @@ def test_dvpt_cross_attention_is_on_the_forward_path():
     assert not torch.allclose(before, after, atol=1e-5)
     # ... and the prompts are sample-specific: different images give different prompt features
     m = model.dvpt[0]
-    h = m.act(m.down(torch.randn(2, 5, 96)))
-    feats = m.dynamic_prompts(h)
+    feats = m.dynamic_prompts(torch.randn(2, 5, 96))
     assert feats.shape == (2, 10, 56) and not torch.allclose(feats[0], feats[1])
 
 
@@ -151,7 +150,7 @@ def test_dvpt_prompt_attention_shape():
 
 def test_dvpt_config_errors():
     with pytest.raises(ValueError, match="divisible by heads"):
-        DVPTConfig(bottleneck=30, heads=4)
+        DVPTConfig(bottleneck=30, heads=7)
     with pytest.raises(ValueError, match="inject='tokenz'"):
         DVPTConfig(inject="tokenz")
     with pytest.raises(ValueError, match="has no option"):
@@ -198,3 +197,22 @@ def test_offline_pretrained_error_names_the_fix(monkeypatch):
 
 def test_random_weights_are_labelled():
     assert create_vit("vit_tiny_patch16_224", 5, pretrained=False, tiny=True, img_size=32).nbsupport_weights == "random"
+
+
+def test_ssf_folded_equals_unfolded():
+    from nbsupport.adapters.ssf import SSF, SSFLayerNorm, SSFLinear
+
+    lin, ln = torch.nn.Linear(8, 6), torch.nn.LayerNorm(6)
+    x = torch.randn(3, 4, 8)
+    a, b = SSF(lin, 6), SSFLinear(lin)
+    c, d = SSF(ln, 6), SSFLayerNorm(ln)
+    with torch.no_grad():
+        for m in (a, b):
+            m.scale.copy_(torch.linspace(0.5, 1.5, 6))
+            m.shift.copy_(torch.linspace(-1, 1, 6))
+        for m in (c, d):
+            m.scale.copy_(torch.linspace(2, 1, 6))
+            m.shift.copy_(torch.linspace(1, -1, 6))
+    assert torch.allclose(a(x), b(x), atol=1e-6)
+    h = torch.randn(3, 4, 6)
+    assert torch.allclose(c(h), d(h), atol=1e-6)

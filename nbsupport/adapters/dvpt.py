@@ -54,7 +54,7 @@ class DVPTConfig:
 
     bottleneck: int = 56
     num_prompts: int = 10
-    heads: int = 4
+    heads: int = 7
     group_size: int = 3
     cross_attention: bool = True
     inject: str = "tokens"
@@ -92,9 +92,10 @@ class DVPTModule(nn.Module):
         if cfg.cross_attention:
             self.prompts = nn.Parameter(torch.randn(p, r) * r**-0.5)   # [P, r] learnable queries
             self.q_prompt = nn.Linear(r, r)                # prompts -> queries
-            self.kv_feat = nn.Linear(r, 2 * r)             # transformed features -> keys, values
+            # transformed features -> keys and values for the prompts, plus (inject="tokens")
+            # the tokens' own queries for reading the prompts back: one fused projection
+            self.proj_feat = nn.Linear(r, (3 if cfg.inject == "tokens" else 2) * r)
             if cfg.inject == "tokens":
-                self.q_token = nn.Linear(r, r)             # tokens -> queries (read the prompts)
                 self.kv_prompt = nn.Linear(r, 2 * r)       # dynamic prompts -> keys, values
         self.up = nn.Linear(r, dim)                        # back to D
         self.gate = nn.Parameter(torch.zeros(()))          # zero-initialised: starts frozen
@@ -110,36 +111,45 @@ class DVPTModule(nn.Module):
         b, h, n, c = t.shape                                # [B, h, n, r/h] -> [B, n, r]
         return t.transpose(1, 2).reshape(b, n, h * c)
 
+    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Bottleneck ``h [B, N, r]`` and its projections: keys, values (and token queries)."""
+        h = self.act(self.down(x))                                          # [B, N, r]
+        return h, *self.proj_feat(h).chunk(3 if self.cfg.inject == "tokens" else 2, dim=-1)
+
+    def _prompt_queries(self, batch: int) -> torch.Tensor:
+        q = self.q_prompt(self.prompts)                                     # [P, r], once per call
+        return self._split(q.unsqueeze(0).expand(batch, -1, -1))           # [B, h, P, r/h]
+
     def prompt_attention(self, x: torch.Tensor) -> torch.Tensor:
         """Attention of each prompt over the tokens, averaged over heads: ``[B, P, N]``."""
-        h = self.act(self.down(x))
-        q = self._split(self.q_prompt(self.prompts).unsqueeze(0).expand(x.shape[0], -1, -1))
-        k, _ = self.kv_feat(h).chunk(2, dim=-1)
+        _, k, *_ = self._features(x)
+        q = self._prompt_queries(x.shape[0])
         logits = q @ self._split(k).transpose(-2, -1) / math.sqrt(q.shape[-1])
         return logits.softmax(-1).mean(1)
 
-    def dynamic_prompts(self, h: torch.Tensor) -> torch.Tensor:
-        """Sample-specific prompt features ``[B, P, r]`` from transformed features ``h [B, N, r]``."""
-        b = h.shape[0]
-        q = self.q_prompt(self.prompts).unsqueeze(0).expand(b, -1, -1)     # [B, P, r]
-        k, v = self.kv_feat(h).chunk(2, dim=-1)                             # [B, N, r] each
-        out = F.scaled_dot_product_attention(self._split(q), self._split(k), self._split(v))
-        return self._merge(out)                                             # [B, P, r]
+    def dynamic_prompts(self, x: torch.Tensor) -> torch.Tensor:
+        """Sample-specific prompt features ``[B, P, r]`` of input tokens ``x [B, N, D]``."""
+        _, k, v, *_ = self._features(x)
+        out = F.scaled_dot_product_attention(self._prompt_queries(x.shape[0]), self._split(k), self._split(v))
+        return self._merge(out)
+
+    def _gated_up(self, t: torch.Tensor) -> torch.Tensor:
+        # gate folded into the (tiny) up-projection weights: no extra pass over [B, N, D]
+        return F.linear(t, self.up.weight * self.gate, self.up.bias * self.gate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.act(self.down(x))                                          # [B, N, r]
         if not self.cfg.cross_attention:
-            return self.gate * self.up(h)                                   # ablation: adapter only
-        prompts = self.dynamic_prompts(h)                                   # [B, P, r]
+            return self._gated_up(self.act(self.down(x)))                   # ablation: adapter only
+        h, k, v, *q_tok = self._features(x)                                 # [B, N, r] each
+        prompts = self._merge(F.scaled_dot_product_attention(
+            self._prompt_queries(x.shape[0]), self._split(k), self._split(v)))   # [B, P, r]
         if self.cfg.inject == "tokens":
-            k, v = self.kv_prompt(prompts).chunk(2, dim=-1)                 # [B, P, r] each
-            q = self.q_token(h)                                             # [B, N, r]
+            pk, pv = self.kv_prompt(prompts).chunk(2, dim=-1)               # [B, P, r] each
             out = self._merge(F.scaled_dot_product_attention(
-                self._split(q), self._split(k), self._split(v)))            # [B, N, r]
-            return self.gate * self.up(out)                                 # [B, N, D]
-        cls = self.up(prompts.mean(1, keepdim=True))                        # [B, 1, D]
-        rest = torch.zeros_like(x[:, 1:])
-        return self.gate * torch.cat([cls, rest], dim=1)                    # [B, N, D]
+                self._split(q_tok[0]), self._split(pk), self._split(pv)))  # [B, N, r]
+            return self._gated_up(out)                                      # [B, N, D]
+        cls = self._gated_up(prompts.mean(1, keepdim=True))                 # [B, 1, D]
+        return torch.cat([cls, torch.zeros_like(x[:, 1:])], dim=1)          # [B, N, D]
 
 
 class PostBlockBranch(nn.Module):
@@ -178,7 +188,7 @@ def dvpt_parameter_count(dim: int, depth: int, cfg: DVPTConfig = DVPTConfig()) -
     r, p = cfg.bottleneck, cfg.num_prompts
     per = (dim * r + r) + (r * dim + dim) + 1            # down, up, gate
     if cfg.cross_attention:
-        per += p * r + (r * r + r) + (r * 2 * r + 2 * r)  # prompts, q_prompt, kv_feat
+        per += p * r + (r * r + r) + (r * 2 * r + 2 * r)  # prompts, q_prompt, keys/values of features
         if cfg.inject == "tokens":
-            per += (r * r + r) + (r * 2 * r + 2 * r)      # q_token, kv_prompt
+            per += (r * r + r) + (r * 2 * r + 2 * r)      # token queries, kv_prompt
     return per * math.ceil(depth / cfg.group_size)

@@ -10,9 +10,10 @@ block + ``4*D``.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SSF", "apply_ssf"]
+__all__ = ["SSF", "SSFLinear", "SSFLayerNorm", "apply_ssf"]
 
 
 class SSF(nn.Module):
@@ -38,13 +39,58 @@ class SSF(nn.Module):
 def apply_ssf(model: nn.Module) -> nn.Module:
     """Wrap every operation of a timm ViT with :class:`SSF` (in place)."""
     d = model.embed_dim
+
+    def wrap(m: nn.Module) -> nn.Module:
+        if isinstance(m, nn.Linear):
+            return SSFLinear(m)
+        if isinstance(m, nn.LayerNorm):
+            return SSFLayerNorm(m)
+        return SSF(m, d)
+
     model.patch_embed = SSF(model.patch_embed, d)
     for blk in model.blocks:
-        blk.norm1 = SSF(blk.norm1, d)
-        blk.attn.qkv = SSF(blk.attn.qkv, blk.attn.qkv.out_features)
-        blk.attn.proj = SSF(blk.attn.proj, d)
-        blk.norm2 = SSF(blk.norm2, d)
-        blk.mlp.fc1 = SSF(blk.mlp.fc1, blk.mlp.fc1.out_features)
-        blk.mlp.fc2 = SSF(blk.mlp.fc2, d)
-    model.norm = SSF(model.norm, d)
+        blk.norm1 = wrap(blk.norm1)
+        blk.attn.qkv = wrap(blk.attn.qkv)
+        blk.attn.proj = wrap(blk.attn.proj)
+        blk.norm2 = wrap(blk.norm2)
+        blk.mlp.fc1 = wrap(blk.mlp.fc1)
+        blk.mlp.fc2 = wrap(blk.mlp.fc2)
+    model.norm = wrap(model.norm)
     return model
+
+
+class SSFLinear(nn.Module):
+    """A frozen ``nn.Linear`` followed by SSF, computed as one linear with folded weights.
+
+    ``(x W^T + b) * s + t == x (s * W)^T + (s * b + t)``: identical output, but no extra pass
+    over the activations and nothing extra saved for the backward.
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.inner = linear
+        self.scale = nn.Parameter(torch.ones(linear.out_features))
+        self.shift = nn.Parameter(torch.zeros(linear.out_features))
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.inner.weight * self.scale[:, None]
+        b = self.shift if self.inner.bias is None else self.inner.bias * self.scale + self.shift
+        return F.linear(x, w, b)
+
+
+class SSFLayerNorm(nn.Module):
+    """A frozen ``nn.LayerNorm`` followed by SSF, folded into the norm's affine parameters."""
+
+    def __init__(self, norm: nn.LayerNorm) -> None:
+        super().__init__()
+        self.inner = norm
+        (d,) = norm.normalized_shape
+        self.scale = nn.Parameter(torch.ones(d))
+        self.shift = nn.Parameter(torch.zeros(d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.inner
+        w = self.scale if n.weight is None else n.weight * self.scale
+        b = self.shift if n.bias is None else n.bias * self.scale + self.shift
+        return F.layer_norm(x, n.normalized_shape, w, b, n.eps)

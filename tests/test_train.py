@@ -1,0 +1,81 @@
+"""Metrics against scikit-learn; the training loop learns, keeps the best model, and resumes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import cohen_kappa_score
+
+from nbsupport import methods
+from nbsupport.backbones import create_vit
+from nbsupport.datasets import build_dataset
+from nbsupport.metrics import classification_metrics, quadratic_weighted_kappa
+from nbsupport.train import TrainConfig, train_classifier
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_kappa_matches_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    t = rng.integers(0, 5, 200)
+    p = np.clip(t + rng.integers(-2, 3, 200), 0, 4)
+    assert quadratic_weighted_kappa(t, p, 5) == pytest.approx(cohen_kappa_score(t, p, weights="quadratic"), abs=1e-12)
+
+
+def test_kappa_edge_cases():
+    assert quadratic_weighted_kappa([0, 1, 2, 3, 4], [0, 1, 2, 3, 4]) == pytest.approx(1.0)
+    assert quadratic_weighted_kappa([0, 4], [4, 0], 5) < 0
+    assert quadratic_weighted_kappa([2, 2], [2, 2], 5) == 0.0
+
+
+def test_classification_metrics_perfect():
+    y = np.array([0, 1, 2, 3, 4, 0])
+    probs = np.eye(5)[y]
+    m = classification_metrics(y, probs, 5)
+    assert m == {"accuracy": 1.0, "kappa": pytest.approx(1.0), "auc": 1.0, "f1": 1.0}
+
+
+def data(n_train=24):
+    kw = dict(image_size=32)
+    return (build_dataset("fundus-procedural", "train", limit=n_train, **kw),
+            build_dataset("fundus-procedural", "val", limit=10, **kw),
+            build_dataset("fundus-procedural", "test", limit=10, **kw))
+
+
+def model(method="dvpt", seed=0):
+    torch.manual_seed(seed)
+    m = create_vit("vit_tiny_patch16_224", num_classes=5, pretrained=False, img_size=32, tiny=True)
+    return methods.adapt(m, method)
+
+
+def test_training_lowers_the_loss_and_tests_the_best():
+    tr, va, te = data(32)
+    res = train_classifier(model("full"), tr, va, te, 5, TrainConfig(epochs=4, lr=1e-3, batch_size=8, warmup_epochs=0.5),
+                           progress=False)
+    losses = [h["train_loss"] for h in res.history]
+    assert losses[-1] < losses[0]
+    assert 1 <= res.best_epoch <= 4 and set(res.test) == {"accuracy", "kappa", "auc", "f1"}
+    assert res.best_val["kappa"] == max(h["val_kappa"] for h in res.history)
+    assert res.steps == 16 and res.step_time_s > 0
+
+
+def test_resume_continues_from_the_saved_epoch(tmp_path):
+    tr, va, te = data()
+    cfg = TrainConfig(epochs=3, lr=1e-3, batch_size=8, warmup_epochs=0.5)
+    straight = model(seed=5)
+    ref = train_classifier(straight, tr, va, te, 5, cfg, checkpoint_dir=tmp_path / "a", progress=False)
+
+    interrupted = model(seed=5)
+    part = train_classifier(interrupted, tr, va, te, 5, cfg, checkpoint_dir=tmp_path / "b",
+                            progress=False, stop_after_epochs=1)
+    assert len(part.history) == 1 and part.test == {}
+    resumed_model = model(seed=5)   # a fresh process: rebuilt model, state from disk
+    res = train_classifier(resumed_model, tr, va, te, 5, cfg, checkpoint_dir=tmp_path / "b", progress=False)
+    assert res.resumed_from_epoch == 1 and res.steps == 2 * 3
+    assert [h["epoch"] for h in res.history] == [1, 2, 3]
+    for a, b in zip(ref.history, res.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5, abs=1e-6)
+    sa = methods.trainable_state_dict(straight)
+    sb = methods.trainable_state_dict(resumed_model)
+    assert all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in sa)
+    assert res.test == pytest.approx(ref.test)
