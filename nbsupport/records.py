@@ -159,7 +159,7 @@ def write_record(
         git_commit=git_commit(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
-    rec.name = name or rec.default_name()
+    rec.name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name) if name else rec.default_name()
     out_dir = Path(directory) if directory is not None else records_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{rec.name}.json"

@@ -7,6 +7,7 @@ built from a staging copy with Jupyter Book's own execution turned off.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -128,7 +129,7 @@ def execute_chapter(
         pm.execute_notebook(str(nb), str(output), parameters=params, kernel_name=kernel_name,
                             cwd=str(nb.parent), progress_bar=progress, log_output=False)
     except pm.PapermillExecutionError as exc:
-        tb = "\n".join(exc.traceback) if exc.traceback else ""
+        tb = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(exc.traceback) if exc.traceback else "")
         raise ChapterFailed(f"{nb.name}: cell {exc.exec_count} raised {exc.ename}: {exc.evalue}\n{tb}\n"
                             f"(executed copy with the error: {output})") from None
     finally:

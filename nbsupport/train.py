@@ -197,6 +197,7 @@ def train_classifier(
 
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     start_epoch, best_kappa, best_epoch, history = 0, -math.inf, -1, []
+    train_seconds, steps_done, images_done = 0.0, 0, 0
     best_val: dict[str, float] = {}
     best_state: dict[str, torch.Tensor] | None = None
     if ckpt is not None:
@@ -208,12 +209,13 @@ def train_classifier(
             sched.load_state_dict({**state["scheduler"], "lr_lambdas": [None]})
             start_epoch, best_kappa = state["epoch"], state["best_kappa"]
             best_epoch, history, best_val = state["best_epoch"], state["history"], state["best_val"]
+            train_seconds = state.get("train_seconds", 0.0)
+            steps_done, images_done = state.get("steps", 0), state.get("images", 0)
             if progress:
                 print(f"resuming from {ckpt} after epoch {start_epoch} (best val kappa {best_kappa:.4f})")
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    train_seconds, steps_done, images_done = 0.0, 0, 0
     epochs_run = 0
     bar = tqdm(range(start_epoch, cfg.epochs), desc="epochs", disable=not progress, initial=start_epoch,
                total=cfg.epochs)
@@ -257,7 +259,8 @@ def train_classifier(
         if ckpt is not None:
             _save_last(ckpt, model, opt, sched, {"epoch": epoch + 1, "best_kappa": best_kappa,
                                                  "best_epoch": best_epoch, "history": history,
-                                                 "best_val": best_val})
+                                                 "best_val": best_val, "train_seconds": train_seconds,
+                                                 "steps": steps_done, "images": images_done})
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_kappa=f"{val['kappa']:.3f}")
         epochs_run += 1
         if stop_after_epochs is not None and epochs_run >= stop_after_epochs and epoch + 1 < cfg.epochs:

@@ -79,3 +79,51 @@ def profile_banner(profile: str, random_weights: bool) -> None:
             "about the methods; run it with `profile='gpu'` for the real experiment."))
     else:
         display(Markdown(f"> Executed with profile `{profile}`; see the run record for weights and device."))
+
+
+def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, cmap: str = "inferno") -> np.ndarray:
+    """Overlay a low-resolution heat map ``[h, w]`` (any range) on ``image`` ``[H, W, 3]`` uint8."""
+    import matplotlib
+
+    from PIL import Image
+
+    h = np.asarray(heat, dtype=np.float32)
+    h = (h - h.min()) / (h.max() - h.min() + 1e-8)
+    big = np.asarray(Image.fromarray((h * 255).astype(np.uint8)).resize(image.shape[1::-1], Image.BILINEAR),
+                     dtype=np.float32) / 255.0
+    colour = matplotlib.colormaps[cmap](big)[..., :3] * 255
+    return ((1 - alpha) * image + alpha * colour).astype(np.uint8)
+
+
+def patch_grid(image: np.ndarray, patch: int, colour: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+    """``image`` with lines every ``patch`` pixels: what a ViT's patch embedding sees as tokens."""
+    out = image.copy()
+    out[::patch, :] = colour
+    out[:, ::patch] = colour
+    return out
+
+
+def vit_attention(model, x, layer: int = -1):  # type: ignore[no-untyped-def]
+    """Self-attention weights of one timm ViT block: ``[B, heads, N, N]`` (N includes prefix tokens).
+
+    Recomputed from the block's ``qkv`` on the block's actual input (captured with a hook), so it
+    works with fused attention kernels and with adapted blocks (VPT, SSF, LoRA).
+    """
+    import torch
+
+    blk = model.blocks[layer]
+    blk = getattr(blk, "block", blk)
+    attn = blk.attn
+    store = {}
+    handle = attn.register_forward_pre_hook(lambda m, args: store.__setitem__("x", args[0]))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    t = store["x"]
+    b, n, c = t.shape
+    with torch.no_grad():
+        qkv = attn.qkv(t).reshape(b, n, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+        return ((q * attn.scale) @ k.transpose(-2, -1)).softmax(-1)

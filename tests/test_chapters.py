@@ -45,14 +45,24 @@ def test_chapter_is_clean_and_parameterised(nb_path):
 def built_book(tmp_path_factory):
     """Execute every chapter at profile=smoke and build the website, once."""
     build_dir = tmp_path_factory.mktemp("book")
-    html = build_book("smoke", root=ROOT, build_dir=build_dir, log=lambda s: None)
+    with pytest.MonkeyPatch.context() as mp:   # session fixtures run before the per-test isolation
+        mp.setenv("NBSUPPORT_CACHE", str(build_dir / "cache"))
+        mp.chdir(ROOT)
+        html = build_book("smoke", root=ROOT, build_dir=build_dir, log=lambda s: None)
     return build_dir, html
 
 
 # What each chapter's run record must report (metric keys), beyond the common fields.
 EXPECTED_METRICS = {
     "00_setup_and_data": {"n_train", "n_val", "n_test", "class_counts", "generator_images_per_s"},
+    "01_vit_and_peft": {"probe", "lora_max_abs_diff", "vit_b16_trainable"},
+    "02_dvpt_from_scratch": {"scratch_vs_library_max_abs_diff", "init_gap_to_frozen", "vit_b16_dvpt_pct", "ablation"},
+    "03_benchmark": {"methods"},
+    "04_label_efficiency": {"kappa", "labelled_data_saved", "storage_saved_at_n_tasks"},
 }
+# Per-method records (chapter, method set) written by nbsupport.experiment.run_method.
+METHOD_RECORD_KEYS = {"test_kappa", "test_accuracy", "test_auc", "test_f1", "trainable", "checkpoint_bytes",
+                      "step_time_s", "history"}
 
 
 @pytest.mark.notebooks
@@ -62,10 +72,15 @@ def test_chapter_runs_at_smoke_and_writes_its_record(built_book, nb_path):
     recs = [read_record(p) for p in (build_dir / "records").glob("*.json")]
     mine = [r for r in recs if r.chapter == nb_path.stem]
     assert mine, f"{nb_path.name} wrote no run record"
+    summary = [r for r in mine if r.method is None]
+    assert len(summary) == 1, f"{nb_path.name}: expected one chapter record, found {len(summary)}"
+    assert EXPECTED_METRICS.get(nb_path.stem, set()) <= set(summary[0].metrics), summary[0].metrics.keys()
     for rec in mine:
-        assert rec.profile == "smoke"
-        assert rec.device and rec.versions.get("torch")
-        assert EXPECTED_METRICS.get(nb_path.stem, set()) <= set(rec.metrics), rec.metrics.keys()
+        assert rec.profile == "smoke" and rec.weights == "random"
+        assert rec.device and rec.versions.get("torch") and rec.wall_time_s is not None
+        if rec.method is not None:
+            assert METHOD_RECORD_KEYS <= set(rec.metrics), (rec.name, rec.metrics.keys())
+            assert -1.0 <= rec.metrics["test_kappa"] <= 1.0
     executed = nbformat.read(build_dir / "executed" / nb_path.relative_to(ROOT), as_version=4)
     text = json.dumps([c.get("outputs", []) for c in executed.cells])
     assert "Traceback" not in text
@@ -80,6 +95,47 @@ def test_chapter00_record_values(built_book):
     means = list(rec.metrics["mean_lesions_per_grade"].values())
     assert means[0] == 0 and means == sorted(means)
     assert rec.metrics["generator_images_per_s"]["64"] > 0
+
+
+def _records(build_dir, chapter):
+    return {r.name: r for r in (read_record(p) for p in (build_dir / "records").glob("*.json")) if r.chapter == chapter}
+
+
+@pytest.mark.notebooks
+def test_chapter01_lora_from_scratch_matches_peft(built_book):
+    rec = _records(built_book[0], "01_vit_and_peft")["01_vit_and_peft-fundus-procedural"]
+    assert rec.metrics["lora_max_abs_diff"] < 1e-5
+    assert rec.metrics["lora_params_ours"] == rec.metrics["lora_params_peft"] > 0
+    assert rec.metrics["vit_b16_trainable"]["linear"] == 768 * 5 + 5
+
+
+@pytest.mark.notebooks
+def test_chapter02_dvpt_scratch_equals_library(built_book):
+    rec = _records(built_book[0], "02_dvpt_from_scratch")["02_dvpt_from_scratch-fundus-procedural"]
+    assert rec.metrics["scratch_vs_library_max_abs_diff"] < 1e-5
+    assert rec.metrics["init_gap_to_frozen"] == 0.0
+    assert 0.45 < rec.metrics["vit_b16_dvpt_pct"] < 0.55
+    abl = rec.metrics["ablation"]
+    assert set(abl) == {"DVPT", "no cross-attention", "no sharing", "inject [CLS] only"}
+    assert abl["no sharing"]["trainable"] > abl["DVPT"]["trainable"] > abl["no cross-attention"]["trainable"]
+
+
+@pytest.mark.notebooks
+def test_chapter03_every_method_ran(built_book):
+    recs = _records(built_book[0], "03_benchmark")
+    summary = recs["03_benchmark-fundus-procedural"]
+    assert set(summary.metrics["methods"]) == {"linear", "full", "vpt_shallow", "vpt_deep", "lora", "adaptformer",
+                                               "bitfit", "ssf", "dvpt"}
+    for m, row in summary.metrics["methods"].items():
+        assert recs[f"03_benchmark-{m}-fundus-procedural"].metrics["test_kappa"] == row["test_kappa"]
+
+
+@pytest.mark.notebooks
+def test_chapter04_fractions_and_storage(built_book):
+    rec = _records(built_book[0], "04_label_efficiency")["04_label_efficiency-fundus-procedural"]
+    assert len(rec.metrics["kappa"]) == 4 * 4
+    saved = rec.metrics["storage_saved_at_n_tasks"]
+    assert saved["DVPT"] > 0.9 and saved["Full fine-tuning"] == 0.0
 
 
 @pytest.mark.book

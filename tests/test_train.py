@@ -71,7 +71,7 @@ def test_resume_continues_from_the_saved_epoch(tmp_path):
     assert len(part.history) == 1 and part.test == {}
     resumed_model = model(seed=5)   # a fresh process: rebuilt model, state from disk
     res = train_classifier(resumed_model, tr, va, te, 5, cfg, checkpoint_dir=tmp_path / "b", progress=False)
-    assert res.resumed_from_epoch == 1 and res.steps == 2 * 3
+    assert res.resumed_from_epoch == 1 and res.steps == 3 * 3   # optimisation steps of the whole run
     assert [h["epoch"] for h in res.history] == [1, 2, 3]
     for a, b in zip(ref.history, res.history):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5, abs=1e-6)

@@ -1,0 +1,216 @@
+"""The classification experiment the chapters share: data per profile, a backbone factory,
+and ``run_method`` (adapt, train, test, record) so that a chapter cell stays one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from nbsupport import methods, records
+from nbsupport.backbones import BACKBONES, count_parameters, create_vit, data_config
+from nbsupport.datasets import IMAGENET_MEAN, IMAGENET_STD, build_dataset
+from nbsupport.manifests import load_manifest
+from nbsupport.paths import cache_dir
+from nbsupport.profiles import Profile, get_profile
+from nbsupport.train import TrainConfig, train_classifier
+
+__all__ = ["ClassificationData", "Backbone", "make_backbone", "load_classification_data", "label_subset",
+           "run_method", "default_train_config"]
+
+
+@dataclass
+class Backbone:
+    """How to build the chapter's model: ``factory()`` returns a fresh ViT with a task head."""
+
+    factory: Callable[[], nn.Module]
+    name: str
+    weights: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_size: int
+
+
+def make_backbone(profile: str | Profile, num_classes: int, backbone: str | None = None,
+                  pretrained: bool | None = None, image_size: int | None = None,
+                  weights_path: str | None = None, seed: int = 0) -> Backbone:
+    """The backbone of a profile: ``smoke`` a tiny random ViT; others the profile's timm ViT with
+    hub weights (or ``weights_path``). ``pretrained=False`` forces random weights (and says so).
+
+    The first build happens here, so a missing download fails now, with the fix in the message.
+    """
+    p = get_profile(profile)
+    name = backbone or p.vit
+    name = BACKBONES[name].timm_name if name in BACKBONES else name
+    tiny = p.random_weights and backbone is None
+    use_pretrained = (not p.random_weights) if pretrained is None else pretrained
+    size = image_size or p.image_size
+
+    def factory() -> nn.Module:
+        torch.manual_seed(seed)
+        return create_vit(name, num_classes, pretrained=use_pretrained and not tiny, img_size=size,
+                          weights_path=weights_path, tiny=tiny)
+
+    probe = factory()
+    cfg = data_config(probe)
+    if tiny or not use_pretrained:
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:
+        mean, std = cfg["mean"], cfg["std"]
+    label = getattr(probe, "nbsupport_weights", "random")
+    shown = f"{name} (tiny: {probe.embed_dim}-d, {len(probe.blocks)} layers)" if tiny else name
+    return Backbone(factory, shown, label, tuple(mean), tuple(std), size)
+
+
+@dataclass
+class ClassificationData:
+    """Train / val / test splits of a manifest, ready for a backbone."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    classes: list[str]
+    dataset: str
+
+
+def load_classification_data(dataset: str, profile: str | Profile, backbone: Backbone) -> ClassificationData:
+    """The three splits of ``dataset`` at the backbone's resolution and normalisation.
+
+    Procedural data is generated at the profile's sizes (``n_train``/``n_val``/``n_test``); real
+    data uses its splits, with ``max_train`` capping the training set.
+    """
+    p = get_profile(profile)
+    m = load_manifest(dataset)
+    synthetic = m.source["type"] == "synthetic"
+    kw = dict(task="classification", image_size=backbone.image_size, mean=backbone.mean, std=backbone.std)
+    train = build_dataset(m, "train", limit=p.n_train if synthetic else p.max_train, **kw)
+    val = build_dataset(m, "val", limit=p.n_val if synthetic else None, **kw)
+    test = build_dataset(m, "test", limit=p.n_test if synthetic else None, **kw)
+    return ClassificationData(train, val, test, len(m.classes), m.classes, m.name)
+
+
+def label_subset(dataset: Dataset, fraction: float, seed: int = 0) -> Dataset:
+    """A stratified ``fraction`` of a labelled dataset; smaller fractions are subsets of larger ones.
+
+    Each class keeps ``ceil(fraction * n_class)`` images (at least one), chosen by a fixed
+    per-class permutation, so that the 10% set is inside the 25% set, and so on.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction={fraction}: expected 0 < fraction <= 1")
+    targets = np.asarray(getattr(dataset, "targets"))
+    rng = np.random.default_rng(seed)
+    keep: list[int] = []
+    for c in np.unique(targets):
+        idx = np.flatnonzero(targets == c)
+        idx = idx[rng.permutation(len(idx))]
+        keep += idx[: max(1, int(np.ceil(fraction * len(idx))))].tolist()
+    keep.sort()
+    sub = Subset(dataset, keep)
+    sub.targets = [int(targets[i]) for i in keep]  # type: ignore[attr-defined]
+    return sub
+
+
+def default_train_config(profile: str | Profile, method: str, **overrides: Any) -> TrainConfig:
+    """The profile's epochs and batch size with the method's learning rate."""
+    p = get_profile(profile)
+    cfg = TrainConfig(epochs=p.epochs, batch_size=p.batch_size, lr=methods.METHODS[method].lr,
+                      num_workers=p.num_workers, amp=p.mixed_precision,
+                      warmup_epochs=min(1.0, p.epochs / 5))
+    for k, v in overrides.items():
+        if v is not None:
+            setattr(cfg, k, v)
+    return cfg
+
+
+def _run_key(*parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def run_method(
+    method: str,
+    backbone: Backbone,
+    data: ClassificationData,
+    profile: str,
+    chapter: str,
+    device: torch.device | str = "cpu",
+    config: dict[str, Any] | None = None,
+    train_config: TrainConfig | None = None,
+    train_set: Dataset | None = None,
+    label: str | None = None,
+    resume: bool = True,
+    record: bool = True,
+    progress: bool = True,
+    extra_params: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Adapt a fresh backbone with ``method``, train, test, write a run record; return a table row.
+
+    Checkpoints go to ``$NBSUPPORT_CACHE/checkpoints/<chapter>/<key>`` where the key hashes
+    everything that defines the run, so re-running an interrupted chapter resumes it and a
+    changed setting starts afresh.
+
+    Returns:
+        ``method``, ``label``, test metrics, best validation Kappa and epoch, ``trainable``,
+        ``trainable_pct`` (of the backbone), ``checkpoint_bytes``, ``step_time_s``, ``images_per_s``,
+        ``peak_memory_bytes``, ``history`` and the record path.
+    """
+    train_config = train_config or default_train_config(profile, method)
+    train_set = train_set if train_set is not None else data.train
+    timer = records.RunTimer(device)
+    model = backbone.factory()
+    backbone_n = count_parameters(model) - sum(p.numel() for p in model.get_classifier().parameters())
+    model = methods.adapt(model, method, **(config or {}))
+    key = _run_key(chapter, profile, data.dataset, backbone.name, backbone.weights, method,
+                   model.nbsupport_method, asdict(train_config), len(train_set), label, extra_params)
+    slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in (label or method))
+    ckpt = cache_dir() / "checkpoints" / chapter / f"{slug}-{key}"
+    res = train_classifier(model, train_set, data.val, data.test, data.num_classes, train_config, device,
+                           checkpoint_dir=ckpt, resume=resume, progress=progress)
+    trainable = count_parameters(model, trainable_only=True)
+    row = {
+        "method": method,
+        "label": label or methods.METHODS[method].label,
+        **{f"test_{k}": v for k, v in res.test.items()},
+        "best_val_kappa": res.best_val.get("kappa"),
+        "best_epoch": res.best_epoch,
+        "trainable": trainable,
+        "trainable_pct": 100.0 * trainable / backbone_n,
+        "checkpoint_bytes": methods.checkpoint_bytes(model),
+        "step_time_s": res.step_time_s,
+        "images_per_s": res.images_per_s,
+        "peak_memory_bytes": res.peak_memory_bytes,
+        "n_train": len(train_set),
+        "history": res.history,
+        "checkpoint": res.checkpoint,
+    }
+    if record:
+        name = f"{chapter}-{label or method}-{data.dataset}".replace(" ", "_")
+        path = records.write_record(
+            chapter=chapter, profile=profile, dataset=data.dataset, weights=backbone.weights,
+            method=method, metrics={k: v for k, v in row.items() if k not in ("method", "label", "checkpoint")},
+            params={"backbone": backbone.name, "method_config": model.nbsupport_method["config"],
+                    "train": asdict(train_config), "resumed_from_epoch": res.resumed_from_epoch,
+                    **(extra_params or {})},
+            timer=timer, device=device, name=name)
+        row["record"] = str(path)
+    del model
+    return row
+
+
+def summarise(rows: Sequence[dict[str, Any]]) -> "pandas.DataFrame":  # noqa: F821
+    """A tidy table of ``run_method`` rows (no history)."""
+    import pandas as pd
+
+    cols = ["label", "test_kappa", "test_accuracy", "test_auc", "test_f1", "trainable", "trainable_pct",
+            "checkpoint_bytes", "step_time_s", "peak_memory_bytes"]
+    df = pd.DataFrame([{k: r.get(k) for k in cols} for r in rows])
+    return df.set_index("label")
