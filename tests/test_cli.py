@@ -73,3 +73,20 @@ def test_run_failing_cell_fails_the_command(tmp_path):
 def test_unknown_profile_rejected(capsys):
     with pytest.raises(SystemExit):
         main(["run", "x.ipynb", "--profile", "huge"])
+
+
+def test_params_vit_json(capsys):
+    import json
+
+    assert main(["params", "vit", "--backbone", "vit_tiny_patch16_224", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["method"] for r in rows] == ["linear", "full", "vpt_shallow", "vpt_deep", "lora", "adaptformer",
+                                           "bitfit", "ssf", "dvpt"]
+    by = {r["method"]: r for r in rows}
+    assert by["linear"]["trainable"] == 192 * 5 + 5 and by["full"]["trainable_pct"] > 100
+
+
+def test_params_vit_table(capsys):
+    assert main(["params", "vit", "--backbone", "vit_tiny_patch16_224"]) == 0
+    out = capsys.readouterr().out
+    assert "dvpt" in out and "% backbone" in out
