@@ -273,11 +273,11 @@ def params_command(family: str, backbone: str, as_json: bool) -> int:
     """``nbsupport params vit|sd``: print the parameter table."""
     if family == "sd":
         try:
-            from nbsupport import diffusion
+            from nbsupport.sd.methods import parameter_table as sd_table
         except ImportError as exc:
-            print(f"error: the sd parameter table needs nbsupport.diffusion ({exc})")
+            print(f"error: the sd parameter table needs diffusers and transformers: pip install 'nbsupport[sd]' ({exc})")
             return 2
-        rows = diffusion.parameter_table()
+        rows = sd_table()
     else:
         from nbsupport.backbones import BACKBONES
 
@@ -286,8 +286,10 @@ def params_command(family: str, backbone: str, as_json: bool) -> int:
     if as_json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'method':14s} {'trainable':>12s} {'% backbone':>10s} {'added':>10s} {'checkpoint':>12s}")
+    w = max(len(r["method"]) for r in rows) + 1
+    share = "% of model" if family == "sd" else "% backbone"
+    print(f"{'method':{w}s} {'trainable':>14s} {share:>10s} {'added':>10s} {'checkpoint':>12s}")
     for r in rows:
-        print(f"{r['method']:14s} {r['trainable']:12,d} {r['trainable_pct']:9.3f}% {r['added']:10,d} "
+        print(f"{r['method']:{w}s} {r['trainable']:14,d} {r['trainable_pct']:9.3f}% {r['added']:10,d} "
               f"{r['checkpoint_bytes'] / 2**20:10.2f} MB")
     return 0

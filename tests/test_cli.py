@@ -90,3 +90,13 @@ def test_params_vit_table(capsys):
     assert main(["params", "vit", "--backbone", "vit_tiny_patch16_224"]) == 0
     out = capsys.readouterr().out
     assert "dvpt" in out and "% backbone" in out
+
+
+def test_params_sd_json(capsys):
+    import json
+
+    pytest.importorskip("diffusers")
+    assert main(["params", "sd", "--json"]) == 0
+    rows = {r["method"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["lora"]["trainable"] == 1_594_368 and rows["bitfit"]["trainable"] == 343_684
+    assert rows["all"]["trainable"] == 859_520_964 + 123_060_480 + 83_653_863

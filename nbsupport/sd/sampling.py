@@ -1,0 +1,95 @@
+"""Sampling from (fine-tuned) Stable Diffusion components: grids of prompts x seeds, and batched
+generation to disk with a manifest of what was generated."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from nbsupport.sd.models import SDComponents
+
+__all__ = ["SCHEDULERS", "make_pipeline", "sample", "sample_grid", "generate_to_disk"]
+
+SCHEDULERS = ("ddim", "dpm", "euler", "pndm", "ddpm")
+
+
+def _scheduler(name: str, config: Any) -> Any:
+    from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
+                           PNDMScheduler)
+
+    classes = {"ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler,
+               "pndm": PNDMScheduler, "ddpm": DDPMScheduler}
+    if name not in classes:
+        raise ValueError(f"scheduler={name!r}: expected one of {', '.join(SCHEDULERS)}")
+    return classes[name].from_config(config)
+
+
+def make_pipeline(components: SDComponents, scheduler: str = "ddim", device: torch.device | str = "cpu") -> Any:
+    """A ``StableDiffusionPipeline`` over the components (no safety checker: research images)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
+        unet=components.unet, scheduler=_scheduler(scheduler, components.scheduler.config),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+@torch.no_grad()
+def sample(components: SDComponents, prompts: Sequence[str], seeds: Sequence[int], resolution: int = 512,
+           steps: int = 30, guidance_scale: float = 7.5, scheduler: str = "ddim",
+           device: torch.device | str = "cpu", pipe: Any = None) -> list[np.ndarray]:
+    """One image per (prompt, seed) pair, each ``[H, W, 3]`` uint8; the same seed gives the same image."""
+    if len(prompts) != len(seeds):
+        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds: pass one seed per prompt")
+    pipe = pipe or make_pipeline(components, scheduler, device)
+    gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+    out = pipe(list(prompts), height=resolution, width=resolution, num_inference_steps=steps,
+               guidance_scale=guidance_scale, generator=gens, output_type="np").images
+    return [(np.clip(im, 0, 1) * 255 + 0.5).astype(np.uint8) for im in out]
+
+
+def sample_grid(components: SDComponents, prompts: Sequence[str], seeds: Sequence[int], **kw: Any) -> list[list[np.ndarray]]:
+    """``grid[i][j]``: prompt ``i`` with seed ``j`` (fixed prompts x seeds, for side-by-side comparisons)."""
+    pipe = kw.pop("pipe", None) or make_pipeline(components, kw.get("scheduler", "ddim"), kw.get("device", "cpu"))
+    return [sample(components, [p] * len(seeds), list(seeds), pipe=pipe, **kw) for p in prompts]
+
+
+def generate_to_disk(components: SDComponents, items: Sequence[dict[str, Any]], out_dir: str | Path,
+                     method: str, batch_size: int = 4, progress: bool = True, **kw: Any) -> Path:
+    """Generate one image per item (``{"prompt": str, "seed": int, "labels": ...}``) into ``out_dir``.
+
+    Writes ``<index>.png`` files and ``manifest.json`` (prompt, labels, seed, method, file, settings);
+    returns the manifest path. Existing images listed in an existing manifest are kept (resumable).
+    """
+    from PIL import Image
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = out_dir / "manifest.json"
+    done: dict[str, Any] = {}
+    if manifest_path.exists():
+        done = {e["file"]: e for e in json.loads(manifest_path.read_text())["images"]}
+    pipe = make_pipeline(components, kw.get("scheduler", "ddim"), kw.get("device", "cpu"))
+    entries = []
+    todo = [(i, it) for i, it in enumerate(items) if f"{i:06d}.png" not in done]
+    for start in tqdm(range(0, len(todo), batch_size), desc=f"generating ({method})", disable=not progress):
+        chunk = todo[start:start + batch_size]
+        imgs = sample(components, [it["prompt"] for _, it in chunk], [it["seed"] for _, it in chunk], pipe=pipe, **kw)
+        for (i, it), img in zip(chunk, imgs):
+            Image.fromarray(img).save(out_dir / f"{i:06d}.png")
+            done[f"{i:06d}.png"] = {"file": f"{i:06d}.png", "prompt": it["prompt"], "seed": int(it["seed"]),
+                                     "labels": it.get("labels"), "method": method}
+        entries = [done[k] for k in sorted(done)]
+        manifest_path.write_text(json.dumps({"method": method, "weights": components.weights,
+                                             "settings": {k: v for k, v in kw.items() if k != "device"},
+                                             "images": entries}, indent=1))
+    if not todo and not manifest_path.exists():
+        manifest_path.write_text(json.dumps({"method": method, "images": []}))
+    return manifest_path

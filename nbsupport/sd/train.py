@@ -1,0 +1,314 @@
+"""Fine-tune Stable Diffusion with any registered method, at any resolution, resumably.
+
+DDPM epsilon-prediction MSE on VAE latents; when the VAE trains, a pixel reconstruction loss is
+added (as in the study). Memory savers, chosen by the config: mixed precision (fp16 autocast with a
+GradScaler on a T4, bf16 where supported) with trainable parameters kept in fp32 and frozen models
+cast to half; gradient checkpointing; 8-bit AdamW when bitsandbytes works (else AdamW, with a
+notice); SDPA attention (diffusers' default); VAE latents and text embeddings computed once and
+cached when those models are frozen; gradient accumulation. Checkpoints hold trainable tensors only
+(safetensors) plus the optimizer state (also safetensors) and a JSON state; an interrupted run
+resumes from its last checkpoint with the same data order and noise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from nbsupport.sd.methods import SD_METHODS, load_trainable, prepare, save_trainable
+from nbsupport.sd.models import SDComponents
+from nbsupport.train import _load_optimizer, _save_optimizer
+
+__all__ = ["SDTrainConfig", "SDTrainResult", "train_sd", "encode_prompts", "make_optimizer", "denoising_loss"]
+
+
+@dataclass
+class SDTrainConfig:
+    """Settings of :func:`train_sd`.
+
+    Attributes:
+        steps: optimizer steps.
+        batch_size: images per micro-batch.
+        grad_accum: micro-batches per optimizer step.
+        resolution: training resolution in pixels (the dataset is expected at this size).
+        mixed_precision: ``"fp16"`` (T4: autocast + GradScaler), ``"bf16"`` or None (fp32).
+        gradient_checkpointing: recompute activations in the backward pass.
+        use_8bit_adam: bitsandbytes' AdamW8bit when importable on CUDA (falls back with a notice).
+        weight_decay: AdamW weight decay (the study: 1e-2).
+        lr: override every group's learning rate (None: the study's per-component rates).
+        cache: cache VAE latents / text embeddings when the VAE / text encoder is frozen.
+        checkpoint_every: steps between checkpoints (and always at the end).
+        max_grad_norm: gradient clipping (None: off).
+        seed: data order and noise.
+    """
+
+    steps: int = 1000
+    batch_size: int = 1
+    grad_accum: int = 4
+    resolution: int = 512
+    mixed_precision: str | None = "fp16"
+    gradient_checkpointing: bool = True
+    use_8bit_adam: bool = True
+    weight_decay: float = 1e-2
+    lr: float | None = None
+    cache: bool = True
+    checkpoint_every: int = 250
+    max_grad_norm: float | None = 1.0
+    seed: int = 0
+
+
+@dataclass
+class SDTrainResult:
+    """What :func:`train_sd` returns."""
+
+    losses: list[float]
+    steps: int
+    step_time_s: float
+    samples_per_s: float
+    peak_memory_bytes: int | None
+    trainable: int
+    checkpoint: str | None
+    resumed_from_step: int
+    notices: list[str] = field(default_factory=list)
+    cached: dict[str, bool] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def encode_prompts(components: SDComponents, prompts: list[str], device: torch.device) -> torch.Tensor:
+    """Text-encoder hidden states ``[B, 77, C]`` for a list of prompts."""
+    tok = components.tokenizer
+    ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+              return_tensors="pt").input_ids.to(device)
+    return components.text_encoder(ids)[0]
+
+
+def make_optimizer(groups: list[dict[str, Any]], cfg: SDTrainConfig, device: torch.device) -> tuple[torch.optim.Optimizer, list[str]]:
+    """AdamW8bit (bitsandbytes) when asked and usable, else torch AdamW; notices say which."""
+    notices: list[str] = []
+    clean = [{"params": g["params"], "lr": cfg.lr or g["lr"], "name": g["name"]} for g in groups]
+    if cfg.use_8bit_adam and device.type == "cuda":
+        try:
+            import bitsandbytes as bnb  # type: ignore[import-not-found]
+
+            return bnb.optim.AdamW8bit(clean, weight_decay=cfg.weight_decay), ["optimizer: AdamW8bit (bitsandbytes)"]
+        except Exception as exc:  # ImportError, or a CUDA setup error inside bitsandbytes
+            notices.append(f"8-bit AdamW unavailable ({exc.__class__.__name__}); using torch AdamW "
+                           "(optimizer state takes 2x fp32 of the trainable parameters)")
+    elif cfg.use_8bit_adam:
+        notices.append("8-bit AdamW needs CUDA; using torch AdamW")
+    return torch.optim.AdamW(clean, weight_decay=cfg.weight_decay, fused=device.type == "cuda"), notices
+
+
+def _autocast_dtype(cfg: SDTrainConfig, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or cfg.mixed_precision is None:
+        return None
+    if cfg.mixed_precision == "bf16" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def _order(n: int, seed: int, epoch: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def train_sd(
+    components: SDComponents,
+    method: str,
+    dataset: Dataset,
+    cfg: SDTrainConfig = SDTrainConfig(),
+    device: torch.device | str = "cpu",
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    stop_after_steps: int | None = None,
+    method_options: dict[str, Any] | None = None,
+) -> SDTrainResult:
+    """Fine-tune ``components`` in place with ``method`` on a text-to-image dataset.
+
+    Args:
+        components: from :mod:`nbsupport.sd.models` (not yet prepared).
+        method: a key of :data:`nbsupport.sd.methods.SD_METHODS`.
+        dataset: items ``{"pixel_values": [3, H, W] in [-1, 1], "caption": str}``.
+        cfg: :class:`SDTrainConfig`.
+        checkpoint_dir: where ``last.safetensors`` (+ optimizer, state) and ``final`` go.
+        stop_after_steps: stop after this many optimizer steps of this call (as a disconnect would).
+    """
+    device = torch.device(device)
+    spec = SD_METHODS[method]
+    groups = prepare(components, method, **(method_options or {}))
+    trainable = [p for g in groups for p in g["params"]]
+    n_trainable = sum(p.numel() for p in trainable)
+    dtype = _autocast_dtype(cfg, device)
+    half = dtype or torch.float32
+    unet, vae, text = components.unet, components.vae, components.text_encoder
+    # frozen models in half precision, trainable ones in fp32 (PEFT params live inside the frozen
+    # UNet: cast the UNet's frozen weights only)
+    for model in components.models().values():
+        model.to(device)
+        for p in model.parameters():
+            p.data = p.data.float() if p.requires_grad else p.data.to(half)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if spec.trains_text_encoder:
+            enable = getattr(text, "activation_checkpointing_enable", None) or text.gradient_checkpointing_enable
+            enable()
+    unet.train()
+    text.train(spec.trains_text_encoder)
+    vae.train(spec.trains_vae)
+
+    opt, notices = make_optimizer(groups, cfg, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    sched = components.scheduler
+    n = len(dataset)
+
+    # ---- caches (frozen VAE -> latent distributions; frozen text encoder -> embeddings)
+    cache_latents = cfg.cache and not spec.trains_vae
+    cache_text = cfg.cache and not spec.trains_text_encoder
+    latent_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    text_cache: dict[str, torch.Tensor] = {}
+    if cache_latents or cache_text:
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            for i in tqdm(range(n), desc="caching latents / text", disable=not progress, leave=False):
+                item = dataset[i]
+                if cache_latents:
+                    px = item["pixel_values"][None].to(device, half)
+                    dist = vae.encode(px).latent_dist
+                    latent_cache[i] = (dist.mean[0].float().cpu(), dist.std[0].float().cpu())
+                if cache_text and item["caption"] not in text_cache:
+                    text_cache[item["caption"]] = encode_prompts(components, [item["caption"]], device)[0].float().cpu()
+
+    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+    start_step, losses, seconds, samples = 0, [], 0.0, 0
+    if ckpt is not None:
+        ckpt.mkdir(parents=True, exist_ok=True)
+        if resume and (ckpt / "last_state.json").exists():
+            state = json.loads((ckpt / "last_state.json").read_text(encoding="utf-8"))
+            if state.get("method") != method:
+                raise ValueError(f"{ckpt} holds a {state.get('method')!r} run, not {method!r}: use another folder")
+            load_trainable(components, ckpt / "last.safetensors")
+            _load_optimizer(opt, ckpt / "last_optimizer.safetensors", state["optimizer"])
+            start_step, losses = state["step"], state["losses"]
+            seconds, samples = state.get("seconds", 0.0), state.get("samples", 0)
+            if progress:
+                print(f"resuming {method} from {ckpt} at step {start_step}")
+
+    def save_last(step: int) -> None:
+        save_trainable(components, ckpt / "last.safetensors", {"step": step})
+        meta = _save_optimizer(opt, ckpt / "last_optimizer.safetensors")
+        payload = {"method": method, "step": step, "losses": losses, "seconds": seconds, "samples": samples,
+                   "optimizer": meta, "config": asdict(cfg)}
+        tmp = ckpt / "last_state.json.tmp"
+        tmp.write_text(json.dumps(payload), encoding="utf-8")
+        tmp.replace(ckpt / "last_state.json")
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    micro_per_epoch = math.ceil(n / cfg.batch_size)
+    steps_run = 0
+    bar = tqdm(range(start_step, cfg.steps), desc=f"{method}", disable=not progress, initial=start_step,
+               total=cfg.steps)
+    for step in bar:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for micro in range(cfg.grad_accum):
+            k = step * cfg.grad_accum + micro                      # global micro-batch index
+            epoch, pos = divmod(k, micro_per_epoch)
+            order = _order(n, cfg.seed, epoch)
+            idx = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
+            items = [dataset[i] for i in idx]
+            gen = torch.Generator().manual_seed(cfg.seed * 7_919 + k)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                if cache_latents:
+                    mean = torch.stack([latent_cache[i][0] for i in idx])
+                    std = torch.stack([latent_cache[i][1] for i in idx])
+                    latents = (mean + std * torch.randn(mean.shape, generator=gen)).to(device) * components.vae_scale
+                    recon_loss = None
+                else:
+                    px = torch.stack([it["pixel_values"] for it in items]).to(device)
+                    dist = vae.encode(px.to(torch.float32 if spec.trains_vae else half)).latent_dist
+                    z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=gen).to(device, dist.mean.dtype)
+                    latents = z * components.vae_scale
+                    recon_loss = F.mse_loss(vae.decode(z).sample.float(), px.float()) if spec.trains_vae else None
+                if cache_text:
+                    emb = torch.stack([text_cache[it["caption"]] for it in items]).to(device, half)
+                else:
+                    emb = encode_prompts(components, [it["caption"] for it in items], device)
+                noise = torch.randn(latents.shape, generator=gen).to(device, latents.dtype)
+                t = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=gen).to(device)
+                noisy = sched.add_noise(latents, noise, t)
+                pred = unet(noisy.to(half) if dtype else noisy, t, emb).sample
+                loss = F.mse_loss(pred.float(), noise.float())
+                if recon_loss is not None:
+                    loss = loss + recon_loss
+            scaler.scale(loss / cfg.grad_accum).backward()
+            step_loss += loss.item() / cfg.grad_accum
+            samples += len(idx)
+        if cfg.max_grad_norm is not None:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+        scaler.step(opt)
+        scaler.update()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds += time.perf_counter() - t0
+        losses.append(step_loss)
+        bar.set_postfix(loss=f"{step_loss:.4f}")
+        steps_run += 1
+        done = step + 1
+        if ckpt is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+            save_last(done)
+        if stop_after_steps is not None and steps_run >= stop_after_steps and done < cfg.steps:
+            if ckpt is not None and done % cfg.checkpoint_every != 0:
+                save_last(done)
+            break
+    final = None
+    if ckpt is not None and len(losses) == cfg.steps:
+        final = str(save_trainable(components, ckpt / "final.safetensors", {"step": len(losses)}))
+    peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+    for name, model in components.models().items():
+        model.eval()
+    return SDTrainResult(
+        losses=losses, steps=len(losses), step_time_s=seconds / max(len(losses), 1),
+        samples_per_s=samples / max(seconds, 1e-9), peak_memory_bytes=peak, trainable=n_trainable,
+        checkpoint=final, resumed_from_step=start_step, notices=notices,
+        cached={"latents": cache_latents, "text": cache_text})
+
+
+@torch.no_grad()
+def denoising_loss(components: SDComponents, dataset: Dataset, device: torch.device | str = "cpu",
+                   seed: int = 1234, batch_size: int = 4, max_items: int | None = None) -> float:
+    """Mean epsilon-prediction MSE over a dataset with *fixed* noise and timesteps (seeded), so
+    that two models, or one model before and after training, are compared on the same problem."""
+    device = torch.device(device)
+    unet, vae = components.unet, components.vae
+    n = len(dataset) if max_items is None else min(len(dataset), max_items)
+    total, count = 0.0, 0
+    dtype = next(unet.parameters()).dtype
+    for start in range(0, n, batch_size):
+        items = [dataset[i] for i in range(start, min(n, start + batch_size))]
+        gen = torch.Generator().manual_seed(seed + start)
+        px = torch.stack([it["pixel_values"] for it in items]).to(device, next(vae.parameters()).dtype)
+        latents = vae.encode(px).latent_dist.mean.float() * components.vae_scale
+        noise = torch.randn(latents.shape, generator=gen).to(device)
+        t = torch.randint(0, components.scheduler.config.num_train_timesteps, (len(items),), generator=gen).to(device)
+        noisy = components.scheduler.add_noise(latents, noise, t)
+        emb = encode_prompts(components, [it["caption"] for it in items], device)
+        pred = unet(noisy.to(dtype), t, emb.to(dtype)).sample.float()
+        total += F.mse_loss(pred, noise, reduction="sum").item() / noise[0].numel()
+        count += len(items)
+    return total / max(count, 1)

@@ -1,0 +1,191 @@
+"""Stable Diffusion: parameter counts on the SD 1.5 architecture (built on meta, no weights),
+training on a tiny random pipeline, checkpoints, resume, deterministic sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from nbsupport.datasets import build_dataset  # noqa: E402
+from nbsupport.sd.methods import LORA_TARGETS, SD_METHODS, load_trainable, prepare, save_trainable  # noqa: E402
+from nbsupport.sd.models import build_sd15, build_tiny  # noqa: E402
+from nbsupport.sd.sampling import sample  # noqa: E402
+from nbsupport.sd.train import SDTrainConfig, denoising_loss, train_sd  # noqa: E402
+
+UNET, TEXT, VAE = 859_520_964, 123_060_480, 83_653_863
+
+
+def count(groups):
+    return sum(p.numel() for g in groups for p in g["params"])
+
+
+@pytest.fixture(scope="module")
+def sd15_counts():
+    out = {}
+    for m in SD_METHODS:
+        comp = build_sd15("meta")
+        out[m] = (comp, prepare(comp, m))
+    return out
+
+
+def test_sd15_component_sizes():
+    comp = build_sd15("meta")
+    sizes = {k: sum(p.numel() for p in m.parameters()) for k, m in comp.models().items()}
+    assert sizes == {"unet": UNET, "text_encoder": TEXT, "vae": VAE}
+
+
+def test_full_methods_train_whole_components(sd15_counts):
+    expect = {"unet": UNET, "text_encoder": TEXT, "vae": VAE, "text_encoder+unet": TEXT + UNET,
+              "vae+unet": VAE + UNET, "vae+text_encoder": VAE + TEXT, "all": UNET + TEXT + VAE}
+    for m, n in expect.items():
+        assert count(sd15_counts[m][1]) == n, m
+
+
+def test_learning_rates_follow_the_study(sd15_counts):
+    lrs = lambda m: {g["name"]: g["lr"] for g in sd15_counts[m][1]}  # noqa: E731
+    assert lrs("unet") == {"unet": 1e-5}
+    assert lrs("text_encoder") == {"text_encoder": 5e-6}
+    assert lrs("text_encoder+unet") == {"text_encoder": 1e-6, "unet": 1e-5}
+    assert lrs("vae") == {"vae": 1e-6}
+    assert lrs("lora") == {"unet.lora": 1e-4}
+
+
+def test_lora_counts():
+    for r, expected in ((8, 1_594_368), (4, 797_184)):
+        comp = build_sd15("meta")
+        groups = prepare(comp, "lora", r=r, alpha=2 * r)
+        assert count(groups) == expected
+    comp = build_sd15("meta")
+    targets = [m for n, m in comp.unet.named_modules() if n.endswith(LORA_TARGETS) and isinstance(m, torch.nn.Linear)]
+    assert sum(8 * (m.in_features + m.out_features) for m in targets) == 1_594_368
+
+
+def test_dora_is_lora_plus_magnitudes(sd15_counts):
+    comp, groups = sd15_counts["dora"]
+    names = [n for n, p in comp.unet.named_parameters() if p.requires_grad]
+    magnitudes = [n for n in names if "magnitude" in n]
+    lora = [n for n in names if "lora_A" in n or "lora_B" in n]
+    assert len(magnitudes) == len(lora) // 2 and set(names) == set(magnitudes) | set(lora)
+    mag_count = sum(p.numel() for n, p in comp.unet.named_parameters() if "magnitude" in n)
+    assert count(groups) == 1_594_368 + mag_count
+
+
+def test_bitfit_is_every_unet_bias(sd15_counts):
+    comp, groups = sd15_counts["bitfit"]
+    assert count(groups) == 343_684
+    assert all(n.endswith("bias") for n, p in comp.unet.named_parameters() if p.requires_grad)
+
+
+def test_difffit_is_biases_norms_and_scales(sd15_counts):
+    from diffusers.models.attention import BasicTransformerBlock
+
+    comp, groups = sd15_counts["difffit"]
+    names = {n for n, p in comp.unet.named_parameters() if p.requires_grad}
+    biases = {n for n in names if n.endswith("bias")}
+    scales = {n for n in names if "difffit_gamma" in n}
+    norms = names - biases - scales
+    assert len(biases) and len(scales) and len(norms)
+    assert all(isinstance(comp.unet.get_submodule(n.rsplit(".", 1)[0]), (torch.nn.GroupNorm, torch.nn.LayerNorm))
+               for n in norms)
+    blocks = [m for m in comp.unet.modules() if isinstance(m, BasicTransformerBlock)]
+    assert len(scales) == 3 * len(blocks) == 48
+    assert sum(p.numel() for n, p in comp.unet.named_parameters() if n in biases) == 343_684
+
+
+# ----------------------------------------------------------------------------- tiny pipeline
+
+@pytest.fixture(scope="module")
+def t2i():
+    return build_dataset("fundus-procedural", "train", task="text-to-image", image_size=32, limit=4)
+
+
+def tiny(t2i, tmp_path_factory, seed=0):
+    caps = [t2i[i]["caption"] for i in range(len(t2i))]
+    return build_tiny(caps, tmp_path_factory.mktemp("tok"), seed=seed)
+
+
+CFG = dict(batch_size=2, grad_accum=1, resolution=32, mixed_precision=None, gradient_checkpointing=False)
+
+
+@pytest.mark.parametrize("method", list(SD_METHODS))
+def test_only_intended_parameters_get_gradients(method, t2i, tmp_path_factory):
+    comp = tiny(t2i, tmp_path_factory)
+    train_sd(comp, method, t2i, SDTrainConfig(steps=1, **CFG), progress=False)
+    spec = SD_METHODS[method]
+    for cname, model in comp.models().items():
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                assert p.grad is not None, f"{method}: {cname}.{n} trainable, no gradient"
+            else:
+                assert p.grad is None, f"{method}: frozen {cname}.{n} got a gradient"
+        if cname in spec.full:
+            assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("method", ["lora", "unet"])
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(method, t2i, tmp_path_factory):
+    comp = tiny(t2i, tmp_path_factory)
+    before = denoising_loss(comp, t2i)
+    train_sd(comp, method, t2i, SDTrainConfig(steps=12, lr=3e-3, **CFG), progress=False)
+    after = denoising_loss(comp, t2i)
+    assert after < before, (before, after)
+
+
+@pytest.mark.parametrize("method", ["lora", "difffit", "text_encoder"])
+def test_save_load_reproduces_outputs(method, t2i, tmp_path_factory, tmp_path):
+    comp = tiny(t2i, tmp_path_factory)
+    train_sd(comp, method, t2i, SDTrainConfig(steps=3, lr=1e-2, **CFG), progress=False)
+    path = save_trainable(comp, tmp_path / "m.safetensors")
+    ref = denoising_loss(comp, t2i)
+    fresh = tiny(t2i, tmp_path_factory)
+    prepare(fresh, method)
+    assert denoising_loss(fresh, t2i) != pytest.approx(ref, rel=1e-6)
+    load_trainable(fresh, path)
+    assert denoising_loss(fresh, t2i) == pytest.approx(ref, rel=1e-6)
+
+
+def test_resume_continues_from_the_saved_step(t2i, tmp_path_factory, tmp_path):
+    cfg = SDTrainConfig(steps=4, checkpoint_every=2, lr=1e-3, **CFG)
+    straight = tiny(t2i, tmp_path_factory)
+    ref = train_sd(straight, "lora", t2i, cfg, checkpoint_dir=tmp_path / "a", progress=False)
+    first = tiny(t2i, tmp_path_factory)
+    part = train_sd(first, "lora", t2i, cfg, checkpoint_dir=tmp_path / "b", progress=False, stop_after_steps=2)
+    assert part.steps == 2 and part.checkpoint is None
+    second = tiny(t2i, tmp_path_factory)   # after a disconnect: rebuilt from scratch, state from disk
+    res = train_sd(second, "lora", t2i, cfg, checkpoint_dir=tmp_path / "b", progress=False)
+    assert res.resumed_from_step == 2 and res.steps == 4
+    assert res.losses == pytest.approx(ref.losses, rel=1e-5)
+    assert denoising_loss(second, t2i) == pytest.approx(denoising_loss(straight, t2i), rel=1e-5)
+    with pytest.raises(ValueError, match="holds a 'lora' run"):
+        train_sd(tiny(t2i, tmp_path_factory), "bitfit", t2i, cfg, checkpoint_dir=tmp_path / "b", progress=False)
+
+
+def test_caching_and_optimizer_notice(t2i, tmp_path_factory):
+    comp = tiny(t2i, tmp_path_factory)
+    res = train_sd(comp, "lora", t2i, SDTrainConfig(steps=1, **CFG), progress=False)
+    assert res.cached == {"latents": True, "text": True}
+    assert any("AdamW" in n for n in res.notices)
+    res = train_sd(tiny(t2i, tmp_path_factory), "vae+text_encoder", t2i, SDTrainConfig(steps=1, **CFG), progress=False)
+    assert res.cached == {"latents": False, "text": False}
+
+
+def test_same_seed_same_samples(t2i, tmp_path_factory):
+    comp = tiny(t2i, tmp_path_factory)
+    prompts = [t2i[0]["caption"], t2i[1]["caption"]]
+    a = sample(comp, prompts, [3, 4], resolution=32, steps=3)
+    b = sample(comp, prompts, [3, 4], resolution=32, steps=3)
+    c = sample(comp, prompts, [5, 6], resolution=32, steps=3)
+    assert a[0].shape == (32, 32, 3) and all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_tiny_tokenizer_roundtrip(tmp_path):
+    from nbsupport.sd.tokenizer import load_tiny_tokenizer
+
+    tok = load_tiny_tokenizer(["Chest X-ray showing Edema."], tmp_path)
+    ids = tok("Chest X-ray showing edema and a zebra.").input_ids
+    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+    assert tok.decode(ids, skip_special_tokens=True) == "chest x - ray showing edema and a zebra ."
