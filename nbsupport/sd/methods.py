@@ -146,6 +146,7 @@ def prepare(components: SDComponents, method: str, **options: Any) -> list[dict[
             p.requires_grad_(True)
         groups.append({"name": f"unet.{spec.peft}", "params": params, "lr": LR["peft"]})
     elif spec.peft == "bitfit":
+        _split_layernorm_affine(unet)
         params = [p for n, p in unet.named_parameters() if n.endswith("bias")]
         for p in params:
             p.requires_grad_(True)
@@ -162,6 +163,21 @@ def prepare(components: SDComponents, method: str, **options: Any) -> list[dict[
             g["lr"] = options["lr"]
     components.extra["method"] = {"name": method, "options": cfg}
     return groups
+
+
+def _split_layernorm_affine(model: nn.Module) -> None:
+    """LayerNorm as ``normalise(x) * weight + bias`` (same function). With a frozen weight and a
+    trainable bias, torch 2.11's fused CUDA LayerNorm backward returned an empty bias gradient at
+    large batch (seen on an H100 at batch 32); the split form avoids that kernel."""
+    import types
+
+    def forward(self: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+        y = torch.nn.functional.layer_norm(x, self.normalized_shape, None, None, self.eps)
+        return y * self.weight.to(y.dtype) + self.bias.to(y.dtype)
+
+    for module in model.modules():
+        if isinstance(module, nn.LayerNorm) and module.weight is not None and module.bias is not None:
+            module.forward = types.MethodType(forward, module)
 
 
 def _is_norm_weight(model: nn.Module, name: str) -> bool:

@@ -80,6 +80,7 @@ class SDTrainResult:
     resumed_from_step: int
     notices: list[str] = field(default_factory=list)
     cached: dict[str, bool] = field(default_factory=dict)
+    step_times: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -155,10 +156,13 @@ def train_sd(
     unet, vae, text = components.unet, components.vae, components.text_encoder
     # frozen models in half precision, trainable ones in fp32 (PEFT params live inside the frozen
     # UNet: cast the UNet's frozen weights only)
+    norms = (torch.nn.LayerNorm, torch.nn.GroupNorm)
     for model in components.models().values():
         model.to(device)
-        for p in model.parameters():
-            p.data = p.data.float() if p.requires_grad else p.data.to(half)
+        for module in model.modules():
+            keep_fp32 = isinstance(module, norms)   # tiny, and mixed-dtype norm backward is fragile
+            for p in module.parameters(recurse=False):
+                p.data = p.data.float() if (p.requires_grad or keep_fp32) else p.data.to(half)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if spec.trains_text_encoder:
@@ -217,6 +221,7 @@ def train_sd(
         torch.cuda.reset_peak_memory_stats(device)
     micro_per_epoch = math.ceil(n / cfg.batch_size)
     steps_run = 0
+    step_times: list[float] = []
     bar = tqdm(range(start_step, cfg.steps), desc=f"{method}", disable=not progress, initial=start_step,
                total=cfg.steps)
     for step in bar:
@@ -266,6 +271,7 @@ def train_sd(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds += time.perf_counter() - t0
+        step_times.append(time.perf_counter() - t0)
         losses.append(step_loss)
         bar.set_postfix(loss=f"{step_loss:.4f}")
         steps_run += 1
@@ -286,7 +292,7 @@ def train_sd(
         losses=losses, steps=len(losses), step_time_s=seconds / max(len(losses), 1),
         samples_per_s=samples / max(seconds, 1e-9), peak_memory_bytes=peak, trainable=n_trainable,
         checkpoint=final, resumed_from_step=start_step, notices=notices,
-        cached={"latents": cache_latents, "text": cache_text})
+        cached={"latents": cache_latents, "text": cache_text}, step_times=step_times)
 
 
 @torch.no_grad()
