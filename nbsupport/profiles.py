@@ -39,6 +39,10 @@ class Profile:
         sd_batch_size: Stable Diffusion batch size (per step, before accumulation).
         vit: timm model name of the classification backbone.
         default_dataset: manifest used when a chapter is not given one.
+        sd_dataset: text-to-image manifest of the Stable Diffusion chapters.
+        sd_grad_accum: gradient accumulation of Stable Diffusion training.
+        sd_precision: ``"fp16"`` (T4: no bf16 on Turing), ``"bf16"`` or None (fp32).
+        sd_sample_steps: denoising steps when sampling.
         num_workers: DataLoader workers.
         mixed_precision: whether autocast is used on a CUDA device.
     """
@@ -60,6 +64,10 @@ class Profile:
     default_dataset: str
     num_workers: int
     mixed_precision: bool
+    sd_dataset: str = "fundus-procedural"
+    sd_grad_accum: int = 1
+    sd_precision: str | None = None
+    sd_sample_steps: int = 30
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,6 +95,10 @@ PROFILES: dict[str, Profile] = {
         default_dataset="fundus-procedural",
         num_workers=0,
         mixed_precision=False,
+        sd_dataset="fundus-procedural",
+        sd_grad_accum=1,
+        sd_precision=None,
+        sd_sample_steps=4,
     ),
     "cpu": Profile(
         name="cpu",
@@ -107,6 +119,10 @@ PROFILES: dict[str, Profile] = {
         default_dataset="fundus-procedural",
         num_workers=2,
         mixed_precision=False,
+        sd_dataset="fundus-procedural",
+        sd_grad_accum=1,
+        sd_precision=None,
+        sd_sample_steps=20,
     ),
     "gpu": Profile(
         name="gpu",
@@ -127,6 +143,10 @@ PROFILES: dict[str, Profile] = {
         default_dataset="retinamnist-224",
         num_workers=2,
         mixed_precision=True,
+        sd_dataset="nih-chestxray14",
+        sd_grad_accum=4,
+        sd_precision="fp16",
+        sd_sample_steps=30,
     ),
     "full": Profile(
         name="full",
@@ -146,6 +166,10 @@ PROFILES: dict[str, Profile] = {
         default_dataset="aptos2019",
         num_workers=8,
         mixed_precision=True,
+        sd_dataset="chexpert",
+        sd_grad_accum=4,
+        sd_precision="bf16",
+        sd_sample_steps=50,
     ),
 }
 

@@ -168,6 +168,8 @@ def train_sd(
         if spec.trains_text_encoder:
             enable = getattr(text, "activation_checkpointing_enable", None) or text.gradient_checkpointing_enable
             enable()
+        if spec.trains_vae and hasattr(vae, "enable_gradient_checkpointing"):
+            vae.enable_gradient_checkpointing()
     unet.train()
     text.train(spec.trains_text_encoder)
     vae.train(spec.trains_vae)
