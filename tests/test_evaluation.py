@@ -1,0 +1,107 @@
+"""FID/KID through torch-fidelity with a domain extractor, Vendi against vendi-score, alignment,
+and leakage checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+pytest.importorskip("torch_fidelity")
+
+from nbsupport import evaluation  # noqa: E402
+from nbsupport.backbones import create_vit  # noqa: E402
+from nbsupport.fundus import generate_fundus  # noqa: E402
+
+
+def closed_form_fid(mu1, s1, mu2, s2):
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+def test_fid_on_gaussian_features_matches_closed_form():
+    rng = np.random.default_rng(0)
+    d = 4
+    a = rng.normal(size=(d, d))
+    s1 = a @ a.T / d + np.eye(d)
+    s2 = np.diag([1.0, 2.0, 0.5, 1.5])
+    mu1, mu2 = np.zeros(d), np.array([1.0, -0.5, 0.0, 2.0])
+    x1 = rng.multivariate_normal(mu1, s1, size=200_000)
+    x2 = rng.multivariate_normal(mu2, s2, size=200_000)
+    assert evaluation.fid_from_features(x1, x2) == pytest.approx(closed_form_fid(mu1, s1, mu2, s2), rel=0.02)
+
+
+def test_fid_of_a_set_with_itself_is_zero():
+    x = np.random.default_rng(1).normal(size=(500, 8))
+    assert abs(evaluation.fid_from_features(x, x)) < 1e-6
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    torch.manual_seed(0)
+    model = create_vit("vit_tiny_patch16_224", num_classes=5, pretrained=False, img_size=32, tiny=True)
+    name = evaluation.register_domain_extractor(model, 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    return name, model
+
+
+def images(seed0, n, grade=None):
+    return [generate_fundus(seed0 + i, (i % 5) if grade is None else grade, 32).image for i in range(n)]
+
+
+def test_wrapper_equals_torch_fidelity_directly(extractor):
+    import torch_fidelity
+
+    name, model = extractor
+    real, fake = evaluation.UInt8Images(images(0, 24)), evaluation.UInt8Images(images(500, 24, grade=4))
+    ours = evaluation.fid_kid(real, fake, feature_extractor=name, feature_layer="features", kid_subset_size=12,
+                              cuda=False)
+    direct = torch_fidelity.calculate_metrics(input1=fake, input2=real, fid=True, kid=True, feature_extractor=name,
+                                              feature_layer_fid="features", feature_layer_kid="features",
+                                              kid_subset_size=12, cuda=False, verbose=False, cache=False)
+    assert ours["fid"] == pytest.approx(direct["frechet_inception_distance"], rel=1e-9)
+    assert ours["kid"] == pytest.approx(direct["kernel_inception_distance_mean"], rel=1e-9)
+    assert all(p.requires_grad for p in model.parameters())     # registering did not freeze the caller's model
+
+
+def test_domain_fid_of_a_set_with_itself_is_zero_and_grows_with_shift(extractor):
+    name, _ = extractor
+    real = evaluation.UInt8Images(images(0, 20))
+    same = evaluation.fid_kid(real, real, feature_extractor=name, kid_subset_size=10, cuda=False)
+    assert abs(same["fid"]) < 1e-4
+    shifted = evaluation.UInt8Images([np.clip(im.astype(int) + 60, 0, 255).astype(np.uint8) for im in images(0, 20)])
+    assert evaluation.fid_kid(real, shifted, feature_extractor=name, kid_subset_size=10, cuda=False)["fid"] > 1e-3
+
+
+def test_vendi_equals_vendi_score_package():
+    from vendi_score import vendi
+
+    x = np.random.default_rng(2).normal(size=(40, 16))
+    assert evaluation.vendi_score(x) == pytest.approx(vendi.score_X(x), rel=1e-6)
+    assert evaluation.vendi_score(np.ones((10, 3))) == pytest.approx(1.0, abs=1e-6)
+    assert evaluation.vendi_score(np.eye(7)) == pytest.approx(7.0, rel=1e-6)
+
+
+def test_alignment_is_perfect_on_real_correctly_labelled_images():
+    # a classifier that is right on the real images: one-hot probabilities of their true grades
+    grades = [i % 5 for i in range(25)]
+    probs = np.eye(5)[grades]
+    out = evaluation.alignment(probs, grades, 5)
+    assert out["accuracy"] == 1.0 and out["kappa"] == pytest.approx(1.0) and out["auc"] == 1.0
+    assert set(out["per_class_accuracy"].values()) == {1.0}
+    wrong = evaluation.alignment(np.eye(5)[[(g + 2) % 5 for g in grades]], grades, 5)
+    assert wrong["accuracy"] == 0.0
+
+
+def test_assert_disjoint():
+    evaluation.assert_disjoint([1, 2, 3], [4, 5])
+    with pytest.raises(AssertionError, match="1 test patient"):
+        evaluation.assert_disjoint(["p1", "p2"], ["p2"], "patient")
+
+
+def test_clip_score_offline_names_the_fix(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(RuntimeError, match="local folder"):
+        evaluation.clip_score([np.zeros((32, 32, 3), np.uint8)], ["a photo"])
