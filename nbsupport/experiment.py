@@ -214,3 +214,58 @@ def summarise(rows: Sequence[dict[str, Any]]) -> "pandas.DataFrame":  # noqa: F8
             "checkpoint_bytes", "step_time_s", "peak_memory_bytes"]
     df = pd.DataFrame([{k: r.get(k) for k in cols} for r in rows])
     return df.set_index("label")
+
+
+class GeneratedImages(Dataset):
+    """Generated images listed in a manifest (see :func:`nbsupport.sd.sampling.generate_to_disk`) as
+    a classification dataset ``(x [3, S, S] normalised, label)``; labels are the prompted ones."""
+
+    def __init__(self, manifest_path: str | Path, image_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+        from nbsupport.datasets import to_tensor
+
+        self._to_tensor = to_tensor
+        manifest_path = Path(manifest_path)
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"{manifest_path}: no generated-images manifest; run chapter 06 "
+                                    "(with the same profile and dataset) first")
+        meta = json.loads(manifest_path.read_text(encoding="utf-8"))
+        self.entries = meta["images"]
+        self.method = meta.get("method")
+        self.root = manifest_path.parent
+        self.image_size, self.mean, self.std = image_size, mean, std
+        self.targets = [int(e["labels"]) for e in self.entries]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def image(self, i: int) -> np.ndarray:
+        from PIL import Image
+
+        return np.asarray(Image.open(self.root / self.entries[i]["file"]).convert("RGB"))
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        img = Image.open(self.root / self.entries[i]["file"])
+        return self._to_tensor(img, self.image_size, self.mean, self.std), self.targets[i]
+
+
+def dataset_keys(ds: Dataset, by: str = "image") -> list[Any]:
+    """Identity keys of a real dataset's items, for leakage checks: procedural seeds, file paths,
+    or patient ids (``by="patient"``, file-based sets with a patient column)."""
+    if isinstance(ds, Subset):
+        keys = dataset_keys(ds.dataset, by)
+        return [keys[i] for i in ds.indices]
+    if hasattr(ds, "seeds"):
+        return list(ds.seeds)
+    if hasattr(ds, "items"):
+        return [(it.patient if by == "patient" else str(it.path)) for it in ds.items]
+    if hasattr(ds, "images") and hasattr(ds, "targets"):   # MedMNIST: indices within one split file
+        return [("medmnist", id(ds), i) for i in range(len(ds))]
+    raise TypeError(f"cannot identify the items of a {type(ds).__name__}")
+
+
+def load_model_from_run(row: dict[str, Any], backbone: Backbone, method: str, config: dict[str, Any] | None = None) -> nn.Module:
+    """The best-on-validation model of a :func:`run_method` row, rebuilt and loaded."""
+    model = methods.adapt(backbone.factory(), method, **(config or {}))
+    return methods.load_trainable(model, row["checkpoint"])

@@ -60,7 +60,10 @@ EXPECTED_METRICS = {
     "03_benchmark": {"methods"},
     "04_label_efficiency": {"kappa", "labelled_data_saved", "storage_saved_at_n_tasks"},
     "05_stable_diffusion": {"vae_psnr_db", "latent_shape", "sd15_trainable", "t4_fit_8bit", "t4_fit_adamw"},
-    "06_sd_finetuning": {"methods", "sd15_trainable", "generated_manifests"},
+    "06_sd_finetuning": {"methods", "sd15_trainable", "generated_manifests", "generated_train_manifests"},
+    "07_evaluation": {"scores", "noise_floor", "per_class_alignment", "domain_classifier_test_kappa"},
+    "08_synthetic_data": {"results", "leakage_checked"},
+    "09_results": {"n_records", "chapters", "pareto_front"},
 }
 # Per-method records (chapter, method set) written by nbsupport.experiment.run_method.
 METHOD_RECORD_KEYS = {"test_kappa", "test_accuracy", "test_auc", "test_f1", "trainable", "checkpoint_bytes",
@@ -80,7 +83,7 @@ def test_chapter_runs_at_smoke_and_writes_its_record(built_book, nb_path):
     for rec in mine:
         assert rec.profile == "smoke" and rec.weights == "random"
         assert rec.device and rec.versions.get("torch") and rec.wall_time_s is not None
-        if rec.method is not None and nb_path.stem < "05":
+        if rec.method is not None and (nb_path.stem < "05" or nb_path.stem >= "07"):
             assert METHOD_RECORD_KEYS <= set(rec.metrics), (rec.name, rec.metrics.keys())
             assert -1.0 <= rec.metrics["test_kappa"] <= 1.0
         elif rec.method is not None:
@@ -165,6 +168,36 @@ def test_chapter06_every_configuration_trained_and_generated(built_book):
         assert len(images) == 8 and all(e["method"] == m for e in images)
     assert recs["06_sd_finetuning-lora-fundus-procedural"].metrics["trainable"] < \
         recs["06_sd_finetuning-unet-fundus-procedural"].metrics["trainable"]
+
+
+@pytest.mark.notebooks
+def test_chapter07_scores_every_generator(built_book):
+    rec = _records(built_book[0], "07_evaluation")["07_evaluation-fundus-procedural"]
+    scores = rec.metrics["scores"]
+    assert len(scores) == 11
+    for m, row in scores.items():
+        assert row["fid"] >= 0 and row["kid_std"] >= 0 and row["n"] == 8
+        assert 1.0 <= row["vendi_features"] <= 8.0 + 1e-6 and 1.0 <= row["vendi_pixels"] <= 8.0 + 1e-6
+        assert 0.0 <= row["align_accuracy"] <= 1.0
+    assert rec.metrics["noise_floor"]["fid"] >= 0
+
+
+@pytest.mark.notebooks
+def test_chapter08_protocol(built_book):
+    rec = _records(built_book[0], "08_synthetic_data")["08_synthetic_data-fundus-procedural"]
+    assert rec.metrics["leakage_checked"] is True
+    results = rec.metrics["results"]
+    assert len(results) == 2 * (3 * (1 + 5) + 5)
+    synthetic_only = [r for r in results if r["fraction"] == 0.0]
+    assert len(synthetic_only) == 10 and all(r["n_train"] == 8 for r in synthetic_only)
+
+
+@pytest.mark.notebooks
+def test_chapter09_regenerates_from_records(built_book):
+    rec = _records(built_book[0], "09_results")["09_results-all"]
+    assert rec.metrics["n_records"] > 50
+    assert {"00_setup_and_data", "03_benchmark", "06_sd_finetuning", "08_synthetic_data"} <= set(rec.metrics["chapters"])
+    assert rec.metrics["pareto_front"]
 
 
 @pytest.mark.book
