@@ -152,8 +152,9 @@ def vendi_score(features: np.ndarray | torch.Tensor) -> float:
 @torch.no_grad()
 def classifier_features(model: nn.Module, images: Sequence[np.ndarray], image_size: int, mean: Sequence[float],
                         std: Sequence[float], device: torch.device | str = "cpu",
-                        batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Pre-logit features ``[N, D]`` and class probabilities ``[N, K]`` of ``[H, W, 3]`` uint8 images."""
+                        batch_size: int = 64, multi_label: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Pre-logit features ``[N, D]`` and probabilities ``[N, K]`` (softmax; sigmoid when
+    ``multi_label``) of ``[H, W, 3]`` uint8 images."""
     model = model.eval().to(device)
     m = torch.tensor(mean).view(1, 3, 1, 1).to(device)
     s = torch.tensor(std).view(1, 3, 1, 1).to(device)
@@ -164,22 +165,27 @@ def classifier_features(model: nn.Module, images: Sequence[np.ndarray], image_si
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
         f = model.forward_head(model.forward_features((x - m) / s), pre_logits=True)
         feats.append(f.float().cpu())
-        probs.append(model.get_classifier()(f).float().softmax(-1).cpu())
+        logits = model.get_classifier()(f).float()
+        probs.append((logits.sigmoid() if multi_label else logits.softmax(-1)).cpu())
     return torch.cat(feats).numpy(), torch.cat(probs).numpy()
 
 
-def alignment(probs: np.ndarray, prompted: Sequence[int], num_classes: int) -> dict[str, Any]:
+def alignment(probs: np.ndarray, prompted: Sequence[Any], num_classes: int) -> dict[str, Any]:
     """How well images show what their prompts asked, judged by a real-data classifier.
 
     Args:
         probs: ``[N, K]`` the classifier's probabilities on the generated images.
-        prompted: ``[N]`` the class each image's prompt asked for.
+        prompted: ``[N]`` the class each image's prompt asked for, or ``[N, K]`` multi-hot findings.
 
-    Returns accuracy, quadratic-weighted Kappa, macro AUC and F1 (as for real data), plus the
-    per-class accuracy.
+    Returns accuracy, quadratic-weighted Kappa, macro AUC and F1 (as for real data) and the
+    per-class accuracy; for findings, macro and per-finding AUC, F1 and accuracy.
     """
-    from nbsupport.metrics import classification_metrics
+    from nbsupport.metrics import classification_metrics, multilabel_metrics
 
+    if np.asarray(prompted).ndim == 2:
+        out_ml: dict[str, Any] = multilabel_metrics(np.asarray(prompted), probs)
+        out_ml["per_class_accuracy"] = out_ml["per_finding_auc"]
+        return out_ml
     y = np.asarray(prompted, dtype=int)
     out: dict[str, Any] = classification_metrics(y, probs, num_classes)
     pred = np.asarray(probs).argmax(1)

@@ -80,6 +80,12 @@ class ClassificationData:
     num_classes: int
     classes: list[str]
     dataset: str
+    multi_label: bool = False
+
+    @property
+    def score(self) -> str:
+        """The headline test metric: ``test_kappa`` (grading) or ``test_auc`` (findings)."""
+        return "test_auc" if self.multi_label else "test_kappa"
 
 
 def load_classification_data(dataset: str, profile: str | Profile, backbone: Backbone) -> ClassificationData:
@@ -95,7 +101,7 @@ def load_classification_data(dataset: str, profile: str | Profile, backbone: Bac
     train = build_dataset(m, "train", limit=p.n_train if synthetic else p.max_train, **kw)
     val = build_dataset(m, "val", limit=p.n_val if synthetic else None, **kw)
     test = build_dataset(m, "test", limit=p.n_test if synthetic else None, **kw)
-    return ClassificationData(train, val, test, len(m.classes), m.classes, m.name)
+    return ClassificationData(train, val, test, len(m.classes), m.classes, m.name, m.multi_label)
 
 
 def label_subset(dataset: Dataset, fraction: float, seed: int = 0) -> Dataset:
@@ -109,6 +115,12 @@ def label_subset(dataset: Dataset, fraction: float, seed: int = 0) -> Dataset:
     targets = np.asarray(getattr(dataset, "targets"))
     rng = np.random.default_rng(seed)
     keep: list[int] = []
+    if targets.ndim == 2:      # multi-label: a nested random subset (stratifying findings jointly is ill-posed)
+        order = rng.permutation(len(targets))
+        keep = sorted(order[: max(1, int(np.ceil(fraction * len(targets))))].tolist())
+        sub = Subset(dataset, keep)
+        sub.targets = [list(map(float, targets[i])) for i in keep]  # type: ignore[attr-defined]
+        return sub
     for c in np.unique(targets):
         idx = np.flatnonzero(targets == c)
         idx = idx[rng.permutation(len(idx))]
@@ -233,7 +245,8 @@ class GeneratedImages(Dataset):
         self.method = meta.get("method")
         self.root = manifest_path.parent
         self.image_size, self.mean, self.std = image_size, mean, std
-        self.targets = [int(e["labels"]) for e in self.entries]
+        self.targets = [[float(v) for v in e["labels"]] if isinstance(e["labels"], list) else int(e["labels"])
+                        for e in self.entries]
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -243,11 +256,12 @@ class GeneratedImages(Dataset):
 
         return np.asarray(Image.open(self.root / self.entries[i]["file"]).convert("RGB"))
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, Any]:
         from PIL import Image
 
         img = Image.open(self.root / self.entries[i]["file"])
-        return self._to_tensor(img, self.image_size, self.mean, self.std), self.targets[i]
+        y = self.targets[i]
+        return self._to_tensor(img, self.image_size, self.mean, self.std), (torch.tensor(y) if isinstance(y, list) else y)
 
 
 def dataset_keys(ds: Dataset, by: str = "image") -> list[Any]:

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["quadratic_weighted_kappa", "classification_metrics"]
+__all__ = ["quadratic_weighted_kappa", "classification_metrics", "multilabel_metrics", "selection_metric"]
 
 
 def quadratic_weighted_kappa(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int | None = None) -> float:
@@ -59,3 +59,33 @@ def classification_metrics(y_true: Sequence[int], probs: np.ndarray, num_classes
         "auc": auc,
         "f1": float(f1_score(y, pred, labels=list(range(num_classes)), average="macro", zero_division=0)),
     }
+
+
+def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, object]:
+    """Multi-label (findings) metrics: macro AUC over findings with both outcomes present,
+    per-finding AUC, macro F1 and mean per-finding accuracy at a 0.5 threshold.
+
+    Args:
+        y_true: ``[N, C]`` 0/1 labels.
+        probs: ``[N, C]`` independent probabilities (sigmoid outputs).
+    """
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    y = np.asarray(y_true) > 0.5
+    p = np.asarray(probs, dtype=np.float64)
+    per = {}
+    for c in range(y.shape[1]):
+        if 0 < y[:, c].sum() < len(y):
+            per[c] = float(roc_auc_score(y[:, c], p[:, c]))
+    pred = p >= 0.5
+    return {
+        "auc": float(np.mean(list(per.values()))) if per else float("nan"),
+        "per_finding_auc": per,
+        "f1": float(f1_score(y, pred, average="macro", zero_division=0)),
+        "accuracy": float((pred == y).mean()),
+    }
+
+
+def selection_metric(multi_label: bool) -> str:
+    """The validation metric that picks the best checkpoint: Kappa for grading, macro AUC for findings."""
+    return "auc" if multi_label else "kappa"

@@ -101,7 +101,7 @@ def execute_chapter(
         parameters: values injected after the ``parameters`` cell (strings are parsed as YAML).
         profile: shorthand for ``parameters["profile"]``.
         records_dir: where the chapter's run records go (``$NBSUPPORT_RECORDS`` for the kernel);
-            default ``<output_dir>/records``.
+            default: ``$NBSUPPORT_RECORDS`` when set, else ``<output_dir>/records``.
 
     Raises:
         ChapterFailed: with the failing cell's error and traceback.
@@ -114,7 +114,7 @@ def execute_chapter(
     root = repo_root(nb.parent)
     out_dir = Path(output_dir) if output_dir else root / "_build" / "executed" / nb.parent.name
     out_dir.mkdir(parents=True, exist_ok=True)
-    rec_dir = Path(records_dir) if records_dir else out_dir / "records"
+    rec_dir = Path(records_dir) if records_dir else Path(os.environ.get(RECORDS_ENV) or out_dir / "records")
     rec_dir.mkdir(parents=True, exist_ok=True)
     params = {k: _parse_value(v) if isinstance(v, str) else v for k, v in (parameters or {}).items()}
     if profile is not None:

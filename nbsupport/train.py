@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from nbsupport.methods import load_trainable, save_trainable, trainable_parameters, trainable_state_dict
-from nbsupport.metrics import classification_metrics
+from nbsupport.metrics import classification_metrics, multilabel_metrics, selection_metric
 
 __all__ = ["TrainConfig", "TrainResult", "train_classifier", "evaluate", "predict", "amp_dtype"]
 
@@ -91,10 +91,23 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def is_multi_label(dataset: Dataset) -> bool:
+    """True when the dataset's targets are multi-hot vectors (findings) rather than class indices."""
+    targets = getattr(dataset, "targets", None)
+    if targets is None and hasattr(dataset, "datasets"):        # ConcatDataset
+        return is_multi_label(dataset.datasets[0])
+    if targets is None and hasattr(dataset, "dataset"):         # Subset
+        return is_multi_label(dataset.dataset)
+    if targets:
+        return isinstance(targets[0], (list, tuple, np.ndarray))
+    _, y = dataset[0]
+    return isinstance(y, torch.Tensor) and y.ndim == 1 and y.dtype.is_floating_point
+
+
 @torch.no_grad()
 def predict(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 64,
-            amp: bool = True, num_workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities ``[N, K]`` and labels ``[N]`` over a dataset."""
+            amp: bool = True, num_workers: int = 0, multi_label: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities ``[N, K]`` (softmax; sigmoid when ``multi_label``) and labels over a dataset."""
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     dtype = amp_dtype(device) if amp else None
@@ -102,16 +115,17 @@ def predict(model: nn.Module, dataset: Dataset, device: torch.device, batch_size
     for x, y in loader:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(x.to(device, non_blocking=True))
-        probs.append(logits.float().softmax(-1).cpu())
+        probs.append((logits.float().sigmoid() if multi_label else logits.float().softmax(-1)).cpu())
         labels.append(torch.as_tensor(y))
     return torch.cat(probs).numpy(), torch.cat(labels).numpy()
 
 
 def evaluate(model: nn.Module, dataset: Dataset, device: torch.device, num_classes: int,
-             batch_size: int = 64, amp: bool = True) -> dict[str, float]:
-    """Accuracy, Kappa, AUC and F1 of a model on a dataset."""
-    probs, labels = predict(model, dataset, device, batch_size, amp)
-    return classification_metrics(labels, probs, num_classes)
+             batch_size: int = 64, amp: bool = True, multi_label: bool | None = None) -> dict[str, Any]:
+    """Accuracy, Kappa, AUC and F1 of a model on a dataset (multi-label: AUC per finding, F1, accuracy)."""
+    multi = is_multi_label(dataset) if multi_label is None else multi_label
+    probs, labels = predict(model, dataset, device, batch_size, amp, multi_label=multi)
+    return multilabel_metrics(labels, probs) if multi else classification_metrics(labels, probs, num_classes)
 
 
 def _lr_lambda(total_steps: int, warmup_steps: int):
@@ -172,7 +186,8 @@ def train_classifier(
     progress: bool = True,
     stop_after_epochs: int | None = None,
 ) -> TrainResult:
-    """Train ``model``'s trainable parameters; keep the best-on-validation (Kappa) weights.
+    """Train ``model``'s trainable parameters; keep the best-on-validation weights (Kappa for
+    single-label grading; macro AUC for multi-label findings, trained with a sigmoid/BCE loss).
 
     Args:
         model: an adapted model (see :func:`nbsupport.methods.adapt`).
@@ -189,6 +204,8 @@ def train_classifier(
     """
     device = torch.device(device)
     model.to(device)
+    multi = is_multi_label(train_set)
+    select = selection_metric(multi)
     params = trainable_parameters(model)
     if not params:
         raise ValueError("the model has no trainable parameters: adapt it with nbsupport.methods.adapt first")
@@ -221,7 +238,7 @@ def train_classifier(
             train_seconds = state.get("train_seconds", 0.0)
             steps_done, images_done = state.get("steps", 0), state.get("images", 0)
             if progress:
-                print(f"resuming from {ckpt} after epoch {start_epoch} (best val kappa {best_kappa:.4f})")
+                print(f"resuming from {ckpt} after epoch {start_epoch} (best val {select} {best_kappa:.4f})")
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -241,7 +258,8 @@ def train_classifier(
         for x, y in tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress):
             x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loss = F.cross_entropy(step_model(x).float(), y)
+                logits = step_model(x).float()
+                loss = F.binary_cross_entropy_with_logits(logits, y.float()) if multi else F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.grad_clip is not None:
@@ -256,12 +274,13 @@ def train_classifier(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_seconds += time.perf_counter() - t0
-        val = evaluate(model, val_set, device, num_classes, cfg.eval_batch_size, cfg.amp)
+        val = evaluate(model, val_set, device, num_classes, cfg.eval_batch_size, cfg.amp, multi)
         row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"],
-               **{f"val_{k}": v for k, v in val.items()}}
+               **{f"val_{k}": v for k, v in val.items() if not isinstance(v, dict)}}
         history.append(row)
-        if val["kappa"] > best_kappa:
-            best_kappa, best_epoch, best_val = val["kappa"], epoch + 1, val
+        score = val[select] if val[select] == val[select] else -math.inf    # NaN (one class only) never wins
+        if score > best_kappa:
+            best_kappa, best_epoch, best_val = score, epoch + 1, val
             best_state = {k: v.clone() for k, v in trainable_state_dict(model).items()}
             if ckpt is not None:
                 save_trainable(model, ckpt / "best.safetensors", {"epoch": epoch + 1, "val": val})
@@ -270,7 +289,7 @@ def train_classifier(
                                                  "best_epoch": best_epoch, "history": history,
                                                  "best_val": best_val, "train_seconds": train_seconds,
                                                  "steps": steps_done, "images": images_done})
-        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_kappa=f"{val['kappa']:.3f}")
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", **{f"val_{select}": f"{val[select]:.3f}"})
         epochs_run += 1
         if stop_after_epochs is not None and epochs_run >= stop_after_epochs and epoch + 1 < cfg.epochs:
             break
@@ -285,7 +304,7 @@ def train_classifier(
                     named[k].copy_(v.to(named[k].device))
         elif ckpt is not None and (ckpt / "best.safetensors").exists():
             load_trainable(model, ckpt / "best.safetensors")
-        test = evaluate(model, test_set, device, num_classes, cfg.eval_batch_size, cfg.amp)
+        test = evaluate(model, test_set, device, num_classes, cfg.eval_batch_size, cfg.amp, multi)
     peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
     return TrainResult(
         history=history, best_epoch=best_epoch, best_val=best_val, test=test,

@@ -61,7 +61,7 @@ EXPECTED_METRICS = {
     "04_label_efficiency": {"kappa", "labelled_data_saved", "storage_saved_at_n_tasks"},
     "05_stable_diffusion": {"vae_psnr_db", "latent_shape", "sd15_trainable", "t4_fit_8bit", "t4_fit_adamw"},
     "06_sd_finetuning": {"methods", "sd15_trainable", "generated_manifests", "generated_train_manifests"},
-    "07_evaluation": {"scores", "noise_floor", "per_class_alignment", "domain_classifier_test_kappa"},
+    "07_evaluation": {"scores", "noise_floor", "per_class_alignment", "per_condition", "domain_classifier_test_score"},
     "08_synthetic_data": {"results", "leakage_checked"},
     "09_results": {"n_records", "chapters", "pareto_front"},
 }

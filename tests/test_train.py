@@ -79,3 +79,36 @@ def test_resume_continues_from_the_saved_epoch(tmp_path):
     sb = methods.trainable_state_dict(resumed_model)
     assert all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in sa)
     assert res.test == pytest.approx(ref.test)
+
+
+def test_multi_label_training_uses_bce_and_auc(tmp_path):
+    """Findings (multi-hot targets) train with a sigmoid/BCE loss and select on macro AUC."""
+    from PIL import Image
+
+    from nbsupport.manifests import load_manifest
+    from nbsupport.datasets import ImageListDataset, list_items
+
+    (tmp_path / "img").mkdir()
+    rows = ["file,A,B"]
+    rng = np.random.default_rng(0)
+    for i in range(30):
+        a, b = i % 2, (i // 2) % 2
+        img = np.zeros((32, 32, 3), np.uint8)
+        img[:, :, 0] = 200 * a + rng.integers(0, 30)
+        img[:, :, 1] = 200 * b + rng.integers(0, 30)
+        Image.fromarray(img).save(tmp_path / "img" / f"{i}.png")
+        rows.append(f"{i}.png,{a}.0,{b}.0")
+    (tmp_path / "l.csv").write_text("\n".join(rows) + "\n")
+    m = load_manifest({"name": "ml", "title": "t", "tasks": ["classification"], "modality": "x", "license": "-",
+                       "citation": "-", "findings": ["A", "B"], "label_columns": ["A", "B"], "multi_label": True,
+                       "source": {"type": "csv", "path": str(tmp_path / "l.csv"), "image_root": str(tmp_path / "img"),
+                                  "image_column": "file", "positive_values": ["1.0"]},
+                       "splits": {"fractions": {"train": 0.6, "val": 0.2, "test": 0.2}, "seed": 0}})
+    items = list_items(m)
+    ds = {s: ImageListDataset([it for it in items if it.split == s], m, image_size=32) for s in ("train", "val", "test")}
+    torch.manual_seed(0)
+    net = methods.adapt(create_vit("vit_tiny_patch16_224", num_classes=2, pretrained=False, img_size=32, tiny=True), "full")
+    res = train_classifier(net, ds["train"], ds["val"], ds["test"], 2,
+                           TrainConfig(epochs=3, lr=1e-3, batch_size=6, warmup_epochs=0.5), progress=False)
+    assert "auc" in res.test and "kappa" not in res.test and set(res.test["per_finding_auc"]) <= {0, 1}
+    assert res.best_val["auc"] == max(h["val_auc"] for h in res.history if h["val_auc"] == h["val_auc"])
