@@ -57,7 +57,8 @@ def test_run_injects_parameters_and_reports_record(tmp_path):
     assert "executed copy:" in out.stdout and "ch-d.json" in out.stdout
     import json
 
-    rec = json.loads((tmp_path / "out" / "records" / "ch-d.json").read_text())
+    printed = next(line.split(":", 1)[1].strip() for line in out.stdout.splitlines() if line.startswith("run record"))
+    rec = json.loads(open(printed).read())
     assert rec["metrics"] == {"value": 41} and rec["profile"] == "cpu"
 
 
