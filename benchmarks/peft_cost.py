@@ -121,10 +121,6 @@ def bench_method(method: str, batch: int, steps: int, warmup: int, device: torch
         "achieved_tflops": flops_per_step / dt / 1e12,
         "step_flop_multiplier": mult,
     }
-    del model, opt, x, y, step_model
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return row
 
 
@@ -166,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         row = bench_method(m, args.batch, args.steps, args.warmup, device, args.backbone, args.img,
                            "cudagraphs" if args.compile == "cudagraphs" else bool(args.compile),
                            overrides.get(m))
+        gc.collect()          # the method's model and optimizer are gone with bench_method's frame
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         row["mfu"] = row["achieved_tflops"] / peak_tflops
         rows.append(row)
         mem = f"{row['peak_memory_bytes'] / 2**30:6.2f} GiB" if row["peak_memory_bytes"] else "   n/a"

@@ -112,7 +112,7 @@ def label_subset(dataset: Dataset, fraction: float, seed: int = 0) -> Dataset:
     """
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction={fraction}: expected 0 < fraction <= 1")
-    targets = np.asarray(getattr(dataset, "targets"))
+    targets = np.asarray(dataset.targets)  # type: ignore[attr-defined]
     rng = np.random.default_rng(seed)
     keep: list[int] = []
     if targets.ndim == 2:      # multi-label: a nested random subset (stratifying findings jointly is ill-posed)

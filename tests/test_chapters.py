@@ -161,7 +161,7 @@ def test_chapter06_every_configuration_trained_and_generated(built_book):
     recs = _records(built_book[0], "06_sd_finetuning")
     summary = recs["06_sd_finetuning-fundus-procedural"]
     assert len(summary.metrics["methods"]) == 11
-    for m, row in summary.metrics["methods"].items():
+    for row in summary.metrics["methods"].values():
         assert row["trainable"] > 0 and row["final_loss"] > 0
     for m, manifest in summary.metrics["generated_manifests"].items():
         images = _json.loads(open(manifest).read())["images"]
@@ -175,7 +175,7 @@ def test_chapter07_scores_every_generator(built_book):
     rec = _records(built_book[0], "07_evaluation")["07_evaluation-fundus-procedural"]
     scores = rec.metrics["scores"]
     assert len(scores) == 11
-    for m, row in scores.items():
+    for row in scores.values():
         assert row["fid"] >= 0 and row["kid_std"] >= 0 and row["n"] == 8
         assert 1.0 <= row["vendi_features"] <= 8.0 + 1e-6 and 1.0 <= row["vendi_pixels"] <= 8.0 + 1e-6
         assert 0.0 <= row["align_accuracy"] <= 1.0

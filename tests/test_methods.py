@@ -4,7 +4,6 @@ checkpoints and resume."""
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import timm

@@ -288,7 +288,7 @@ def train_sd(
     if ckpt is not None and len(losses) == cfg.steps:
         final = str(save_trainable(components, ckpt / "final.safetensors", {"step": len(losses)}))
     peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
-    for name, model in components.models().items():
+    for model in components.models().values():
         model.eval()
     return SDTrainResult(
         losses=losses, steps=len(losses), step_time_s=seconds / max(len(losses), 1),
