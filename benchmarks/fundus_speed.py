@@ -8,10 +8,8 @@ Writes ``benchmarks/results/fundus_speed-<cpu>.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import re
 import sys
 import time
 from datetime import datetime, timezone
@@ -19,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from nbsupport.records import write_benchmark  # noqa: E402
 from nbsupport.fundus import generate_fundus  # noqa: E402
 
 
@@ -41,10 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     device = f"CPU {cpu} ({os.cpu_count()} cores), one process"
     out = {"benchmark": "fundus_speed", "device": device, "python": platform.python_version(),
            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "results": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"fundus_speed-{re.sub(r'[^a-z0-9]+', '-', device.lower()).strip('-')}.json"
-    path.write_text(json.dumps(out, indent=2), encoding="utf-8")
-    print(f"wrote {path}")
+    write_benchmark(args.out, "fundus_speed", device, "", out)
     return 0
 
 

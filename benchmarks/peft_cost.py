@@ -19,7 +19,6 @@ import argparse
 import gc
 import json
 import platform
-import re
 import sys
 import time
 from datetime import datetime, timezone
@@ -29,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from nbsupport.records import write_benchmark  # noqa: E402
 from nbsupport import methods  # noqa: E402
 from nbsupport.backbones import count_parameters  # noqa: E402
 
@@ -190,11 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "results": rows,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    path = args.out / f"peft_cost-{slug}-b{args.batch}{'-compiled' if args.compile == 'default' else '-cudagraphs' if args.compile else ''}{args.tag}.json"
-    path.write_text(json.dumps(result, indent=2), encoding="utf-8")
-    print(f"wrote {path}")
+    mode = {"default": "-compiled", "cudagraphs": "-cudagraphs"}.get(args.compile or "", "")
+    write_benchmark(args.out, "peft_cost", name, f"-b{args.batch}{mode}{args.tag}", result)
     return 0
 
 

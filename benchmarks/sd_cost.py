@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -35,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from nbsupport.records import write_benchmark  # noqa: E402
 from nbsupport.sd.methods import SD_METHODS  # noqa: E402
 from nbsupport.sd.models import build_sd15  # noqa: E402
 from nbsupport.sd.tokenizer import load_tiny_tokenizer  # noqa: E402
@@ -125,11 +124,7 @@ def main(argv: list[str] | None = None) -> int:
               "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                            "python": platform.python_version()},
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "results": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    path = args.out / f"sd_cost-{slug}-r{args.resolution}-b{args.batch}-{args.precision}.json"
-    path.write_text(json.dumps(result, indent=2), encoding="utf-8")
-    print(f"wrote {path}")
+    write_benchmark(args.out, "sd_cost", name, f"-r{args.resolution}-b{args.batch}-{args.precision}", result)
     return 0
 
 

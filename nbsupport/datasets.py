@@ -14,6 +14,7 @@ in place). Nothing is downloaded unless a dataset is built with ``download=True`
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -349,8 +350,8 @@ def _items_from_folder(manifest: Manifest, layout: dict[str, Any], root: Path) -
 def _items_from_csv(manifest: Manifest, layout: dict[str, Any], base: Path) -> list[ImageItem]:
     import pandas as pd
 
-    csv_path = base / layout["path"] if not Path(layout["path"]).is_absolute() else Path(layout["path"])
-    csv_path = manifest.resolve(str(csv_path)) if not csv_path.is_absolute() else csv_path
+    csv_path = Path(os.path.expandvars(layout["path"])).expanduser()
+    csv_path = csv_path if csv_path.is_absolute() else base / csv_path
     if not csv_path.is_file():
         raise DataError(csv_path, "source.path", "csv file not found")
     names = layout.get("column_names")

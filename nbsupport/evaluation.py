@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +25,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 __all__ = ["UInt8Images", "register_domain_extractor", "fid_kid", "fid_from_features", "vendi_score",
-           "classifier_features", "alignment", "clip_score", "assert_disjoint"]
+           "classifier_features", "alignment", "clip_score", "assert_disjoint", "per_grade_scores",
+           "pixel_features"]
 
 _counter = itertools.count()
 
@@ -128,11 +129,21 @@ def fid_kid(real: Dataset, fake: Dataset, feature_extractor: str = "inception-v3
 
 def fid_from_features(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor) -> float:
     """FID between two feature sets ``[N, D]`` with torch-fidelity's own statistics and formula."""
-    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_fid import (
+        fid_features_to_statistics,
+        fid_statistics_to_metric,
+    )
 
     s1 = fid_features_to_statistics(torch.as_tensor(np.asarray(fake), dtype=torch.float64))
     s2 = fid_features_to_statistics(torch.as_tensor(np.asarray(real), dtype=torch.float64))
     return float(fid_statistics_to_metric(s1, s2, verbose=False)["frechet_inception_distance"])
+
+
+def pixel_features(images: Sequence[np.ndarray], side: int = 32) -> np.ndarray:
+    """``[N, side * side * 3]`` pixel vectors of ``[H, W, 3]`` images subsampled to about ``side`` px,
+    for a Vendi score on pixels (diversity that ignores what a classifier finds relevant)."""
+    return np.stack([np.asarray(im)[::max(1, im.shape[0] // side), ::max(1, im.shape[1] // side)].reshape(-1)
+                     for im in images]).astype(np.float64)
 
 
 def vendi_score(features: np.ndarray | torch.Tensor) -> float:
@@ -223,12 +234,21 @@ def assert_disjoint(train_keys: Sequence[Any], test_keys: Sequence[Any], what: s
         raise AssertionError(f"{len(leak)} test {what}(s) leaked into training, e.g. {sorted(map(str, leak))[:3]}")
 
 
-def per_condition(values: Sequence[Any], labels: Sequence[int], fn: Callable[[list[Any]], float],
-                  min_count: int = 2) -> dict[int, float]:
-    """Apply ``fn`` to the items of each label with at least ``min_count`` items."""
-    out = {}
-    for c in sorted(set(int(v) for v in labels)):
-        items = [v for v, l in zip(values, labels) if int(l) == c]
-        if len(items) >= min_count:
-            out[c] = fn(items)
+def per_grade_scores(real_feats: np.ndarray, real_labels: Sequence[int], real_images: Sequence[np.ndarray],
+                     gen_feats: np.ndarray, gen_labels: Sequence[int], gen_images: Sequence[np.ndarray],
+                     num_classes: int, min_count: int = 2, **fid_kw: Any) -> dict[int, dict[str, float]]:
+    """FID and Vendi (on the same features), KID (torch-fidelity) and pixel Vendi per grade.
+
+    A grade is scored only where both the real and the generated side have ``min_count`` images
+    or more; ``fid_kw`` goes to :func:`fid_kid` (the extractor to use).
+    """
+    out: dict[int, dict[str, float]] = {}
+    for c in range(num_classes):
+        g = [i for i, t in enumerate(gen_labels) if int(t) == c]
+        r = [i for i, t in enumerate(real_labels) if int(t) == c]
+        if len(g) < min_count or len(r) < min_count:
+            continue
+        kid = fid_kid(UInt8Images([real_images[i] for i in r]), UInt8Images([gen_images[i] for i in g]), **fid_kw)["kid"]
+        out[c] = {"fid": fid_from_features(real_feats[r], gen_feats[g]), "kid": kid, "vendi": vendi_score(gen_feats[g]),
+                  "vendi_pixels": vendi_score(pixel_features([gen_images[i] for i in g])), "n": len(g)}
     return out

@@ -4,7 +4,6 @@ and ``run_method`` (adapt, train, test, record) so that a chapter cell stays one
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,7 +16,8 @@ from torch.utils.data import Dataset, Subset
 
 from nbsupport import methods, records
 from nbsupport.backbones import BACKBONES, count_parameters, create_vit, data_config
-from nbsupport.datasets import IMAGENET_MEAN, IMAGENET_STD, build_dataset
+from nbsupport.checkpoints import run_key
+from nbsupport.datasets import IMAGENET_MEAN, IMAGENET_STD, build_dataset, to_tensor
 from nbsupport.manifests import load_manifest
 from nbsupport.paths import cache_dir
 from nbsupport.profiles import Profile, get_profile
@@ -143,11 +143,6 @@ def default_train_config(profile: str | Profile, method: str, **overrides: Any) 
     return cfg
 
 
-def _run_key(*parts: Any) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
 def run_method(
     method: str,
     backbone: Backbone,
@@ -181,7 +176,7 @@ def run_method(
     model = backbone.factory()
     backbone_n = count_parameters(model) - sum(p.numel() for p in model.get_classifier().parameters())
     model = methods.adapt(model, method, **(config or {}))
-    key = _run_key(chapter, profile, data.dataset, backbone.name, backbone.weights, method,
+    key = run_key(chapter, profile, data.dataset, backbone.name, backbone.weights, method,
                    model.nbsupport_method, asdict(train_config), len(train_set), label, extra_params)
     slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in (label or method))
     ckpt = cache_dir() / "checkpoints" / chapter / f"{slug}-{key}"
@@ -233,9 +228,6 @@ class GeneratedImages(Dataset):
     a classification dataset ``(x [3, S, S] normalised, label)``; labels are the prompted ones."""
 
     def __init__(self, manifest_path: str | Path, image_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
-        from nbsupport.datasets import to_tensor
-
-        self._to_tensor = to_tensor
         manifest_path = Path(manifest_path)
         if not manifest_path.is_file():
             raise FileNotFoundError(f"{manifest_path}: no generated-images manifest; run chapter 06 "
@@ -261,7 +253,7 @@ class GeneratedImages(Dataset):
 
         img = Image.open(self.root / self.entries[i]["file"])
         y = self.targets[i]
-        return self._to_tensor(img, self.image_size, self.mean, self.std), (torch.tensor(y) if isinstance(y, list) else y)
+        return to_tensor(img, self.image_size, self.mean, self.std), (torch.tensor(y) if isinstance(y, list) else y)
 
 
 def dataset_keys(ds: Dataset, by: str = "image") -> list[Any]:

@@ -241,9 +241,7 @@ def _vessel_tree(rng: np.random.Generator, disc: tuple[float, float], toward_mac
         for up in (-1.0, 1.0):
             # temporal arcade: leaves the disc vertically, sweeps around the macula
             start = math.atan2(up, 0.35 * dx) + rng.normal(0, 0.08)
-            bend = -up * dx * 0.075 * (1 if math.cos(start) * dx >= 0 else 1)
-            # curve toward macula side: rotate so the path bends horizontally toward dx
-            bend = 0.07 * (-up) * (1.0 if dx > 0 else -1.0)
+            bend = 0.07 * (-up) * (1.0 if dx > 0 else -1.0)   # curves round towards the macula
             grow(disc[0] + 0.004 * dx * (1 if vein else -1), disc[1], start, bend, base_w,
                  int(rng.integers(22, 28)), 0, vein)
             # nasal branch: shorter, heads away from the macula

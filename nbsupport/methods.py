@@ -24,10 +24,10 @@ from nbsupport.adapters.dvpt import DVPTConfig, apply_dvpt
 from nbsupport.adapters.ssf import apply_ssf
 from nbsupport.adapters.vpt import apply_vpt
 from nbsupport.backbones import count_parameters, freeze
+from nbsupport.checkpoints import load_into, save_tensors
 
 __all__ = ["MethodSpec", "METHODS", "adapt", "trainable_parameters", "trainable_state_dict",
-           "checkpoint_bytes", "parameter_table", "save_trainable", "load_trainable", "params_command",
-           "head_parameter_names"]
+           "checkpoint_bytes", "parameter_table", "save_trainable", "load_trainable", "params_command"]
 
 
 @dataclass(frozen=True)
@@ -49,11 +49,6 @@ class MethodSpec:
     defaults: dict[str, Any]
     apply: Callable[..., nn.Module]
     lr: float
-
-
-def head_parameter_names(model: nn.Module) -> list[str]:
-    """Names of the classification head's parameters."""
-    return [n for n, _ in model.named_parameters() if n.startswith("head.") or ".head." in n]
 
 
 def _unfreeze_head(model: nn.Module) -> None:
@@ -191,15 +186,9 @@ def save_trainable(model: nn.Module, path: str | Path, extra: dict[str, Any] | N
 
     Writes ``path`` (``.safetensors``) and ``path`` with suffix ``.json``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"method": getattr(model, "nbsupport_method", None),
             "weights": getattr(model, "nbsupport_weights", None), **(extra or {})}
-    tmp = path.with_suffix(".tmp")
-    safetensors.torch.save_file(trainable_state_dict(model), str(tmp), metadata={"nbsupport": json.dumps(meta)})
-    tmp.replace(path)
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    return path
+    return save_tensors(trainable_state_dict(model), path, meta)
 
 
 def load_trainable(model: nn.Module, path: str | Path) -> nn.Module:
@@ -209,23 +198,14 @@ def load_trainable(model: nn.Module, path: str | Path) -> nn.Module:
         ValueError: when the checkpoint's method differs, or tensors are missing / unexpected.
     """
     path = Path(path)
-    tensors = safetensors.torch.load_file(str(path))
     meta_path = path.with_suffix(".json")
     if meta_path.exists():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         mine = getattr(model, "nbsupport_method", None)
         if meta.get("method") and mine and meta["method"] != mine:
             raise ValueError(f"{path}: checkpoint is for {meta['method']}, the model is adapted with {mine}")
-    expected = trainable_state_dict(model)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{path}: missing tensors {missing[:5]}, unexpected {unexpected[:5]} "
-                         "(adapt the model with the same method and config before loading)")
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, t in tensors.items():
-            params[name].copy_(t.to(params[name].device, params[name].dtype))
+    load_into(dict(model.named_parameters()), set(trainable_state_dict(model)), path,
+              "adapt the model with the same method and config before loading")
     return model
 
 

@@ -21,7 +21,8 @@ import torch
 from nbsupport.env import describe_device, library_versions, peak_memory_bytes
 from nbsupport.paths import records_dir, repo_root
 
-__all__ = ["RunRecord", "RunTimer", "write_record", "read_record", "load_records", "git_commit"]
+__all__ = ["RunRecord", "RunTimer", "write_record", "read_record", "load_records", "git_commit",
+           "write_benchmark"]
 
 REQUIRED = ("chapter", "profile", "dataset", "weights", "metrics", "device", "versions")
 SCHEMA_VERSION = 1
@@ -192,3 +193,15 @@ def load_records(directory: Path | str | None = None, pattern: str = "*.json") -
     directory = Path(directory) if directory is not None else records_dir()
     paths: Iterable[Path] = sorted(directory.glob(pattern))
     return [read_record(p) for p in paths]
+
+
+def write_benchmark(directory: Path | str, benchmark: str, device: str, suffix: str, result: dict[str, Any]) -> Path:
+    """Write a benchmark result as ``<directory>/<benchmark>-<device slug><suffix>.json`` and print
+    where; the device is part of the name so results from different machines sit side by side."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
+    path = directory / f"{benchmark}-{slug}{suffix}.json"
+    path.write_text(json.dumps(_jsonable(result), indent=2), encoding="utf-8")
+    print(f"wrote {path}")
+    return path

@@ -175,9 +175,8 @@ def build_book(
     cfg = yaml.safe_load((root / "_config.yml").read_text(encoding="utf-8")) or {}
     cfg.setdefault("execute", {})["execute_notebooks"] = "off"
     (stage / "_config.yml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
-    for folder in ("book",):
-        if (root / folder).exists():
-            shutil.copytree(root / folder, stage / folder)
+    if (root / "book").exists():
+        shutil.copytree(root / "book", stage / "book")
     for nb in chapters:
         rel = nb.relative_to(root)
         src = executed / rel.parent / rel.name

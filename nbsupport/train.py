@@ -17,15 +17,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from nbsupport.methods import load_trainable, save_trainable, trainable_parameters, trainable_state_dict
-from nbsupport.metrics import classification_metrics, multilabel_metrics, selection_metric
+from nbsupport.checkpoints import load_optimizer, save_optimizer, write_json
+from nbsupport.methods import (
+    load_trainable,
+    save_trainable,
+    trainable_parameters,
+    trainable_state_dict,
+)
+from nbsupport.metrics import (
+    classification_metrics,
+    multilabel_metrics,
+    selection_metric,
+)
 
 __all__ = ["TrainConfig", "TrainResult", "train_classifier", "evaluate", "predict", "amp_dtype"]
 
@@ -137,40 +146,12 @@ def _lr_lambda(total_steps: int, warmup_steps: int):
     return fn
 
 
-def _save_optimizer(opt: torch.optim.Optimizer, path: Path) -> dict[str, Any]:
-    """Optimizer tensors -> safetensors; returns the JSON-able remainder."""
-    sd = opt.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    plain: dict[str, dict[str, Any]] = {}
-    for idx, st in sd["state"].items():
-        for k, v in st.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"{idx}.{k}"] = v.detach().cpu().contiguous()
-            else:
-                plain.setdefault(str(idx), {})[k] = v
-    safetensors.torch.save_file(tensors, str(path))
-    return {"param_groups": sd["param_groups"], "plain_state": plain}
-
-
-def _load_optimizer(opt: torch.optim.Optimizer, path: Path, meta: dict[str, Any]) -> None:
-    tensors = safetensors.torch.load_file(str(path))
-    state: dict[int, dict[str, Any]] = {}
-    for key, t in tensors.items():
-        idx, k = key.split(".", 1)
-        state.setdefault(int(idx), {})[k] = t
-    for idx, kv in meta["plain_state"].items():
-        state.setdefault(int(idx), {}).update(kv)
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
 def _save_last(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, state: dict[str, Any]) -> None:
     save_trainable(model, ckpt / "last.safetensors")
-    opt_meta = _save_optimizer(opt, ckpt / "last_optimizer.safetensors")
+    opt_meta = save_optimizer(opt, ckpt / "last_optimizer.safetensors")
     sched_sd = {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"}
-    payload = {**state, "optimizer": opt_meta, "scheduler": sched_sd}
-    tmp = ckpt / "last_state.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
-    tmp.replace(ckpt / "last_state.json")   # written last: its presence means a complete checkpoint
+    # written last: its presence means a complete checkpoint
+    write_json(ckpt / "last_state.json", {**state, "optimizer": opt_meta, "scheduler": sched_sd})
 
 
 def train_classifier(
@@ -222,7 +203,7 @@ def train_classifier(
                   else torch.compile(model) if cfg.compile == "default" else model)
 
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
-    start_epoch, best_kappa, best_epoch, history = 0, -math.inf, -1, []
+    start_epoch, best_score, best_epoch, history = 0, -math.inf, -1, []
     train_seconds, steps_done, images_done = 0.0, 0, 0
     best_val: dict[str, float] = {}
     best_state: dict[str, torch.Tensor] | None = None
@@ -231,14 +212,14 @@ def train_classifier(
         if resume and (ckpt / "last_state.json").exists():
             state = json.loads((ckpt / "last_state.json").read_text(encoding="utf-8"))
             load_trainable(model, ckpt / "last.safetensors")
-            _load_optimizer(opt, ckpt / "last_optimizer.safetensors", state["optimizer"])
+            load_optimizer(opt, ckpt / "last_optimizer.safetensors", state["optimizer"])
             sched.load_state_dict({**state["scheduler"], "lr_lambdas": [None]})
-            start_epoch, best_kappa = state["epoch"], state["best_kappa"]
+            start_epoch, best_score = state["epoch"], state["best_score"]
             best_epoch, history, best_val = state["best_epoch"], state["history"], state["best_val"]
             train_seconds = state.get("train_seconds", 0.0)
             steps_done, images_done = state.get("steps", 0), state.get("images", 0)
             if progress:
-                print(f"resuming from {ckpt} after epoch {start_epoch} (best val {select} {best_kappa:.4f})")
+                print(f"resuming from {ckpt} after epoch {start_epoch} (best val {select} {best_score:.4f})")
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -279,13 +260,13 @@ def train_classifier(
                **{f"val_{k}": v for k, v in val.items() if not isinstance(v, dict)}}
         history.append(row)
         score = val[select] if val[select] == val[select] else -math.inf    # NaN (one class only) never wins
-        if score > best_kappa:
-            best_kappa, best_epoch, best_val = score, epoch + 1, val
+        if score > best_score:
+            best_score, best_epoch, best_val = score, epoch + 1, val
             best_state = {k: v.clone() for k, v in trainable_state_dict(model).items()}
             if ckpt is not None:
                 save_trainable(model, ckpt / "best.safetensors", {"epoch": epoch + 1, "val": val})
         if ckpt is not None:
-            _save_last(ckpt, model, opt, sched, {"epoch": epoch + 1, "best_kappa": best_kappa,
+            _save_last(ckpt, model, opt, sched, {"epoch": epoch + 1, "best_score": best_score,
                                                  "best_epoch": best_epoch, "history": history,
                                                  "best_val": best_val, "train_seconds": train_seconds,
                                                  "steps": steps_done, "images": images_done})

@@ -84,7 +84,6 @@ def profile_banner(profile: str, random_weights: bool) -> None:
 def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, cmap: str = "inferno") -> np.ndarray:
     """Overlay a low-resolution heat map ``[h, w]`` (any range) on ``image`` ``[H, W, 3]`` uint8."""
     import matplotlib
-
     from PIL import Image
 
     h = np.asarray(heat, dtype=np.float32)

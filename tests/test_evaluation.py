@@ -105,3 +105,15 @@ def test_clip_score_offline_names_the_fix(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(RuntimeError, match="local folder"):
         evaluation.clip_score([np.zeros((32, 32, 3), np.uint8)], ["a photo"])
+
+
+def test_per_grade_scores_skip_small_grades_and_match_pooled_functions(extractor):
+    name, model = extractor
+    imgs = images(0, 20)
+    labels = [i % 5 for i in range(20)]
+    feats = np.random.default_rng(3).normal(size=(20, 6))
+    out = evaluation.per_grade_scores(feats, labels, imgs, feats[:6], labels[:6], imgs[:6], 5,
+                                      feature_extractor=name, kid_subset_size=2, cuda=False)
+    assert set(out) == {0}                       # only grade 0 has two generated images (items 0 and 5)
+    assert out[0]["fid"] == pytest.approx(evaluation.fid_from_features(feats[[0, 5, 10, 15]], feats[[0, 5]]))
+    assert out[0]["vendi"] == pytest.approx(evaluation.vendi_score(feats[[0, 5]])) and out[0]["n"] == 2

@@ -29,15 +29,14 @@ fine-tuning in disguise; ``difffit`` here is the published method.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 from torch import nn
 
+from nbsupport.checkpoints import load_into, save_tensors
 from nbsupport.sd.models import SDComponents
 
 __all__ = ["SDMethodSpec", "SD_METHODS", "prepare", "trainable_state", "save_trainable", "load_trainable",
@@ -199,29 +198,14 @@ def trainable_state(components: SDComponents) -> dict[str, torch.Tensor]:
 
 def save_trainable(components: SDComponents, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Trainable tensors only (safetensors) + JSON of the method."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"method": components.extra.get("method"), "weights": components.weights, **(extra or {})}
-    tmp = path.with_suffix(".tmp")
-    safetensors.torch.save_file(trainable_state(components), str(tmp), metadata={"nbsupport": json.dumps(meta)})
-    tmp.replace(path)
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    return path
+    return save_tensors(trainable_state(components), path, meta)
 
 
 def load_trainable(components: SDComponents, path: str | Path) -> SDComponents:
     """Load a trainable-only checkpoint into components prepared with the same method."""
-    path = Path(path)
-    tensors = safetensors.torch.load_file(str(path))
-    expected = trainable_state(components)
-    if set(tensors) != set(expected):
-        missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-        raise ValueError(f"{path}: missing {missing[:5]}, unexpected {unexpected[:5]} "
-                         "(prepare the components with the same method before loading)")
     named = {f"{c}.{n}": p for c, m in components.models().items() for n, p in m.named_parameters()}
-    with torch.no_grad():
-        for k, t in tensors.items():
-            named[k].copy_(t.to(named[k].device, named[k].dtype))
+    load_into(named, set(trainable_state(components)), path, "prepare the components with the same method before loading")
     return components
 
 

@@ -19,8 +19,13 @@ SCHEDULERS = ("ddim", "dpm", "euler", "pndm", "ddpm")
 
 
 def _scheduler(name: str, config: Any) -> Any:
-    from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
-                           PNDMScheduler)
+    from diffusers import (
+        DDIMScheduler,
+        DDPMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerDiscreteScheduler,
+        PNDMScheduler,
+    )
 
     classes = {"ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler,
                "pndm": PNDMScheduler, "ddpm": DDPMScheduler}

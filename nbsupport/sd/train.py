@@ -24,11 +24,12 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from nbsupport.checkpoints import load_optimizer, save_optimizer, write_json
 from nbsupport.sd.methods import SD_METHODS, load_trainable, prepare, save_trainable
 from nbsupport.sd.models import SDComponents
-from nbsupport.train import _load_optimizer, _save_optimizer
 
-__all__ = ["SDTrainConfig", "SDTrainResult", "train_sd", "encode_prompts", "make_optimizer", "denoising_loss"]
+__all__ = ["SDTrainConfig", "SDTrainResult", "train_sd", "encode_prompts", "make_optimizer", "denoising_loss",
+           "run_sd_method"]
 
 
 @dataclass
@@ -204,7 +205,7 @@ def train_sd(
             if state.get("method") != method:
                 raise ValueError(f"{ckpt} holds a {state.get('method')!r} run, not {method!r}: use another folder")
             load_trainable(components, ckpt / "last.safetensors")
-            _load_optimizer(opt, ckpt / "last_optimizer.safetensors", state["optimizer"])
+            load_optimizer(opt, ckpt / "last_optimizer.safetensors", state["optimizer"])
             start_step, losses = state["step"], state["losses"]
             seconds, samples = state.get("seconds", 0.0), state.get("samples", 0)
             if progress:
@@ -212,12 +213,9 @@ def train_sd(
 
     def save_last(step: int) -> None:
         save_trainable(components, ckpt / "last.safetensors", {"step": step})
-        meta = _save_optimizer(opt, ckpt / "last_optimizer.safetensors")
-        payload = {"method": method, "step": step, "losses": losses, "seconds": seconds, "samples": samples,
-                   "optimizer": meta, "config": asdict(cfg)}
-        tmp = ckpt / "last_state.json.tmp"
-        tmp.write_text(json.dumps(payload), encoding="utf-8")
-        tmp.replace(ckpt / "last_state.json")
+        meta = save_optimizer(opt, ckpt / "last_optimizer.safetensors")
+        write_json(ckpt / "last_state.json", {"method": method, "step": step, "losses": losses, "seconds": seconds,
+                                              "samples": samples, "optimizer": meta, "config": asdict(cfg)}, indent=None)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -320,3 +318,32 @@ def denoising_loss(components: SDComponents, dataset: Dataset, device: torch.dev
         total += F.mse_loss(pred, noise, reduction="sum").item() / noise[0].numel()
         count += len(items)
     return total / max(count, 1)
+
+
+def run_sd_method(components: SDComponents, method: str, train_set: Dataset, test_set: Dataset, cfg: SDTrainConfig,
+                  device: torch.device | str, chapter: str, profile: str, dataset: str,
+                  progress: bool = True) -> dict[str, Any]:
+    """Train one method (resumable, checkpoints under ``$NBSUPPORT_CACHE/checkpoints/<chapter>``),
+    measure the fixed-noise test loss before and after, and write the run record.
+
+    Returns ``result`` (:class:`SDTrainResult`), ``test_loss_before``, ``test_loss_after`` and ``record``.
+    """
+    from nbsupport import records
+    from nbsupport.checkpoints import run_key
+    from nbsupport.paths import cache_dir
+
+    timer = records.RunTimer(device)
+    key = run_key(asdict(cfg), method, dataset, len(train_set), components.weights, components.name)
+    before = denoising_loss(components.to(device), test_set, device, max_items=16)
+    res = train_sd(components, method, train_set, cfg, device, progress=progress,
+                   checkpoint_dir=cache_dir() / "checkpoints" / chapter / f"{method}-{key}")
+    after = denoising_loss(components, test_set, device, max_items=16)
+    path = records.write_record(
+        chapter=chapter, profile=profile, dataset=dataset, weights=components.weights, method=method,
+        metrics={"losses": res.losses, "test_loss_before": before, "test_loss_after": after,
+                 "trainable": res.trainable, "step_time_s": res.step_time_s, "samples_per_s": res.samples_per_s,
+                 "peak_memory_bytes": res.peak_memory_bytes,
+                 "checkpoint_bytes": Path(res.checkpoint).stat().st_size if res.checkpoint else None},
+        params={"config": asdict(cfg), "notices": res.notices, "cached": res.cached},
+        timer=timer, device=device, name=f"{chapter}-{method}-{dataset}")
+    return {"result": res, "test_loss_before": before, "test_loss_after": after, "record": str(path)}
