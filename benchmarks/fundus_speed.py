@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nbsupport.records import write_benchmark  # noqa: E402
-from nbsupport.fundus import generate_fundus  # noqa: E402
+from nbsupport.core.records import write_benchmark  # noqa: E402
+from nbsupport.data.fundus import generate_fundus  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

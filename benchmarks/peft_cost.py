@@ -28,9 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nbsupport.records import write_benchmark  # noqa: E402
-from nbsupport import methods  # noqa: E402
-from nbsupport.backbones import count_parameters  # noqa: E402
+from nbsupport.core.records import write_benchmark  # noqa: E402
+from nbsupport.vit import methods  # noqa: E402
+from nbsupport.vit.backbones import count_parameters  # noqa: E402
 
 VIT_B16_FWD_GFLOP = 35.1
 STEP_MULTIPLIER = {"full": 3.0, "linear": 1.0}   # others: 2.0

@@ -14,7 +14,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nbsupport import methods  # noqa: E402
+from nbsupport.vit import methods  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from nbsupport.records import write_benchmark  # noqa: E402
+from nbsupport.core.records import write_benchmark  # noqa: E402
 from nbsupport.sd.methods import SD_METHODS  # noqa: E402
 from nbsupport.sd.models import build_sd15  # noqa: E402
 from nbsupport.sd.tokenizer import load_tiny_tokenizer  # noqa: E402

@@ -1,6 +1,6 @@
 """``python -m nbsupport`` entry point."""
 
-from nbsupport.cli import main
+from nbsupport.book.cli import main
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())

@@ -12,9 +12,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from nbsupport.paths import repository_url
-from nbsupport.records import read_record
-from nbsupport.runner import build_book, toc_chapters
+from nbsupport.core.paths import repository_url
+from nbsupport.core.records import read_record
+from nbsupport.book.runner import build_book, toc_chapters
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = toc_chapters(ROOT)
@@ -41,6 +41,26 @@ def test_chapter_is_clean_and_parameterised(nb_path):
         f"{nb_path.name}: install cell URL differs from repository.url in _config.yml"
 
 
+@pytest.mark.parametrize("nb_path", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_setup_is_one_line_of_machinery(nb_path):
+    """The setup cell is at most three imports plus ``ch = book.start(...)``; no chapter reaches into
+    the core's machinery (env, paths, profiles), and the run record is written by ``ch.finish``."""
+    nb = nbformat.read(nb_path, as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    setup = [s for s in code if "book.start(" in s]
+    assert len(setup) == 1, f"{nb_path.name}: expected one cell calling book.start"
+    lines = [ln for ln in setup[0].splitlines() if ln.strip()]
+    imports = [ln for ln in lines if ln.startswith(("import ", "from "))]
+    assert len(imports) <= 3, f"{nb_path.name}: setup has {len(imports)} import lines"
+    assert lines[len(imports)].startswith(f'ch = book.start("{nb_path.stem}"'), f"{nb_path.name}: setup line"
+    everything = "\n".join(code)
+    for module in ("env", "paths", "profiles"):
+        assert f"nbsupport.core.{module}" not in everything and f"import {module}" not in everything, \
+            f"{nb_path.name} imports nbsupport.core.{module}"
+    assert "write_record(" not in everything and "ch.finish(" in code[-1], \
+        f"{nb_path.name}: the run record should be written by ch.finish in the last code cell"
+
+
 @pytest.fixture(scope="session")
 def built_book(tmp_path_factory):
     """Execute every chapter at profile=smoke and build the website, once."""
@@ -65,7 +85,7 @@ EXPECTED_METRICS = {
     "08_synthetic_data": {"results", "leakage_checked"},
     "09_results": {"n_records", "chapters", "pareto_front"},
 }
-# Per-method records (chapter, method set) written by nbsupport.experiment.run_method.
+# Per-method records (chapter, method set) written by nbsupport.vit.experiment.run_method.
 METHOD_RECORD_KEYS = {"test_kappa", "test_accuracy", "test_auc", "test_f1", "trainable", "checkpoint_bytes",
                       "step_time_s", "history"}
 

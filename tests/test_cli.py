@@ -8,7 +8,7 @@ import sys
 import nbformat
 import pytest
 
-from nbsupport.cli import main
+from nbsupport.book.cli import main
 
 
 def test_data_list(capsys):
@@ -48,7 +48,7 @@ def _notebook(path, body):
 
 def test_run_injects_parameters_and_reports_record(tmp_path):
     nb = tmp_path / "ch.ipynb"
-    _notebook(nb, "from nbsupport import records\n"
+    _notebook(nb, "from nbsupport.core import records\n"
                   "records.write_record('ch', profile, 'd', 'random', {'value': value})")
     out = subprocess.run([sys.executable, "-m", "nbsupport", "run", str(nb), "-p", "value", "41",
                           "--profile", "cpu", "--output", str(tmp_path / "out")],

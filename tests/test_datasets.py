@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from nbsupport import datasets, fundus
-from nbsupport.datasets import DataError, DataUnavailableError, build_dataset
-from nbsupport.manifests import load_manifest
+from nbsupport.data import datasets, fundus
+from nbsupport.data.datasets import DataError, DataUnavailableError, build_dataset
+from nbsupport.data.manifests import load_manifest
 
 BASE = {"title": "T", "modality": "fundus", "license": "CC0", "citation": "-"}
 
@@ -237,7 +237,7 @@ def test_csv_segmentation_masks(tmp_path):
 
 def test_medmnist_from_cached_npz(tmp_path):
     pytest.importorskip("medmnist")
-    from nbsupport.paths import data_dir
+    from nbsupport.core.paths import data_dir
 
     root = data_dir("retinamnist-224")
     root.mkdir(parents=True)

@@ -11,8 +11,9 @@ import torch
 pytest.importorskip("torch_fidelity")
 
 from nbsupport import evaluation  # noqa: E402
-from nbsupport.backbones import create_vit  # noqa: E402
-from nbsupport.fundus import generate_fundus  # noqa: E402
+from nbsupport.data import leakage  # noqa: E402
+from nbsupport.vit.backbones import create_vit  # noqa: E402
+from nbsupport.data.fundus import generate_fundus  # noqa: E402
 
 
 def closed_form_fid(mu1, s1, mu2, s2):
@@ -94,9 +95,9 @@ def test_alignment_is_perfect_on_real_correctly_labelled_images():
 
 
 def test_assert_disjoint():
-    evaluation.assert_disjoint([1, 2, 3], [4, 5])
+    leakage.assert_disjoint([1, 2, 3], [4, 5])
     with pytest.raises(AssertionError, match="1 test patient"):
-        evaluation.assert_disjoint(["p1", "p2"], ["p2"], "patient")
+        leakage.assert_disjoint(["p1", "p2"], ["p2"], "patient")
 
 
 def test_clip_score_offline_names_the_fix(monkeypatch):

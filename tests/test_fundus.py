@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nbsupport import fundus
+from nbsupport.data import fundus
 
 
 def test_shapes_and_types():

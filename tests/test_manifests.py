@@ -5,7 +5,7 @@ import copy
 import pytest
 import yaml
 
-from nbsupport.manifests import ManifestError, list_manifests, load_manifest
+from nbsupport.data.manifests import ManifestError, list_manifests, load_manifest
 
 GOOD = {
     "name": "toy",

@@ -9,9 +9,9 @@ import pytest
 import timm
 import torch
 
-from nbsupport import methods
-from nbsupport.adapters.dvpt import DVPTConfig, DVPTModule, dvpt_parameter_count
-from nbsupport.backbones import WeightsUnavailableError, count_parameters, create_vit
+from nbsupport.vit import methods
+from nbsupport.vit.adapters.dvpt import DVPTConfig, DVPTModule, dvpt_parameter_count
+from nbsupport.vit.backbones import WeightsUnavailableError, count_parameters, create_vit
 
 D, L, C = 768, 12, 5
 HEAD = D * C + C
@@ -199,7 +199,7 @@ def test_random_weights_are_labelled():
 
 
 def test_ssf_folded_equals_unfolded():
-    from nbsupport.adapters.ssf import SSF, SSFLayerNorm, SSFLinear
+    from nbsupport.vit.adapters.ssf import SSF, SSFLayerNorm, SSFLinear
 
     lin, ln = torch.nn.Linear(8, 6), torch.nn.LayerNorm(6)
     x = torch.randn(3, 4, 8)
@@ -215,3 +215,22 @@ def test_ssf_folded_equals_unfolded():
     assert torch.allclose(a(x), b(x), atol=1e-6)
     h = torch.randn(3, 4, 6)
     assert torch.allclose(c(h), d(h), atol=1e-6)
+
+
+@pytest.mark.parametrize("inp", ["x", "norm"])
+def test_adaptformer_reads_the_input_the_official_code_reads(inp):
+    """Official code: ``x + MLP(LN(x)) + s * up(relu(down(x)))`` (un-normalised x); paper figure: LN(x)."""
+    base = tiny(None, seed=3).eval()
+    model = methods.adapt(copy.deepcopy(base), "adaptformer", input=inp).eval()
+    blk, ref = model.blocks[0], base.blocks[0]
+    ad = blk.mlp.branch
+    with torch.no_grad():
+        torch.nn.init.normal_(ad.up.weight, std=0.1)
+        x = torch.randn(2, 5, base.embed_dim)
+        h = x + ref.attn(ref.norm1(x))
+        a = h if inp == "x" else ref.norm2(h)
+        expected = h + ref.mlp(ref.norm2(h)) + ad.scale * ad.up(torch.relu(ad.down(a)))
+        assert torch.allclose(blk(x), expected, atol=1e-5)
+    assert ad.dropout.p == 0.1 and ad.scale == 0.1
+    with pytest.raises(ValueError, match="input='ln'"):
+        methods.adapt(copy.deepcopy(base), "adaptformer", input="ln")

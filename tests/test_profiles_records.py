@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from nbsupport import records
-from nbsupport.profiles import PROFILES, get_profile
+from nbsupport.core import records
+from nbsupport.core.profiles import PROFILES, get_profile
 
 
 def test_profiles_order_and_meaning():
@@ -58,11 +58,34 @@ def test_import_has_no_side_effects():
     import sys
 
     code = ("import random, numpy as np, torch; s=torch.initial_seed(); r=random.getstate();"
-            "import nbsupport, nbsupport.fundus, nbsupport.datasets, nbsupport.manifests, nbsupport.records,"
-            " nbsupport.env, nbsupport.cli, nbsupport.runner, nbsupport.viz;"
+            "import nbsupport, nbsupport.data.fundus, nbsupport.data.datasets, nbsupport.data.manifests, nbsupport.core.records,"
+            " nbsupport.core.env, nbsupport.book.cli, nbsupport.book.runner, nbsupport.book.viz;"
             "assert torch.initial_seed()==s and random.getstate()==r; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={
         **__import__('os').environ, "NBSUPPORT_CACHE": "/nonexistent/should/not/be/created"})
     assert out.returncode == 0, out.stderr
     import os
     assert not os.path.exists("/nonexistent/should/not/be/created")
+
+
+def test_chapter_object_sets_up_and_writes_the_record(capsys):
+    import random
+
+    import torch
+
+    from nbsupport import book
+
+    ch = book.start("xx_demo", "smoke", seed=3, show=True)
+    a = (random.random(), torch.rand(1).item())
+    book.start("xx_demo", "smoke", seed=3, show=False)
+    assert (random.random(), torch.rand(1).item()) == a          # seeded alike
+    assert ch.dataset == get_profile("smoke").default_dataset and ch.device.type == "cpu"
+    assert book.start("xx", "smoke", task="text-to-image", show=False).dataset == get_profile("smoke").sd_dataset
+    out = capsys.readouterr().out
+    assert out.startswith("profile smoke | device ") and "torch " in out
+    path = ch.finish(weights="random", metrics={"x": 1.5}, params={"k": 2})
+    rec = records.read_record(path)
+    assert (rec.chapter, rec.profile, rec.metrics, rec.params) == ("xx_demo", "smoke", {"x": 1.5}, {"seed": 3, "k": 2})
+    assert rec.wall_time_s is not None and rec.device["type"] == "cpu"
+    assert f"run record: {path.name}" in capsys.readouterr().out
+    assert ch.generated_dir("eval", "lora").parts[-5:] == ("generated", "smoke", "fundus-procedural", "eval", "lora")

@@ -9,7 +9,7 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from nbsupport.datasets import build_dataset  # noqa: E402
+from nbsupport.data.datasets import build_dataset  # noqa: E402
 from nbsupport.sd.methods import LORA_TARGETS, SD_METHODS, load_trainable, prepare, save_trainable  # noqa: E402
 from nbsupport.sd.models import build_sd15, build_tiny  # noqa: E402
 from nbsupport.sd.sampling import sample  # noqa: E402

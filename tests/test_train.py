@@ -7,11 +7,11 @@ import pytest
 import torch
 from sklearn.metrics import cohen_kappa_score
 
-from nbsupport import methods
-from nbsupport.backbones import create_vit
-from nbsupport.datasets import build_dataset
-from nbsupport.metrics import classification_metrics, quadratic_weighted_kappa
-from nbsupport.train import TrainConfig, train_classifier
+from nbsupport.vit import methods
+from nbsupport.vit.backbones import create_vit
+from nbsupport.data.datasets import build_dataset
+from nbsupport.vit.metrics import classification_metrics, quadratic_weighted_kappa
+from nbsupport.vit.train import TrainConfig, train_classifier
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -85,8 +85,8 @@ def test_multi_label_training_uses_bce_and_auc(tmp_path):
     """Findings (multi-hot targets) train with a sigmoid/BCE loss and select on macro AUC."""
     from PIL import Image
 
-    from nbsupport.manifests import load_manifest
-    from nbsupport.datasets import ImageListDataset, list_items
+    from nbsupport.data.manifests import load_manifest
+    from nbsupport.data.datasets import ImageListDataset, list_items
 
     (tmp_path / "img").mkdir()
     rows = ["file,A,B"]

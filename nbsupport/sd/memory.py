@@ -43,9 +43,11 @@ def activation_bytes_from_result(row: dict[str, Any]) -> int | None:
     return max(0, int(row["peak_memory_bytes"]) - sum(states.values()))
 
 
-def budget_table(result_file: str | Path, optimizer: str = "adamw8bit") -> list[dict[str, Any]]:
-    """Per method: computed states + measured activations = estimated peak, and whether it fits a T4."""
-    data = json.loads(Path(result_file).read_text(encoding="utf-8"))
+def budget_table(result: dict[str, Any] | str | Path, optimizer: str = "adamw8bit") -> list[dict[str, Any]]:
+    """Per method: computed states + measured activations = estimated peak, and whether it fits a T4.
+
+    ``result`` is an ``sd_cost`` benchmark result (a dict, or the path of its JSON file)."""
+    data = result if isinstance(result, dict) else json.loads(Path(result).read_text(encoding="utf-8"))
     rows = []
     for r in data["results"]:
         if "error" in r:

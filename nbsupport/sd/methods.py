@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nbsupport.checkpoints import load_into, save_tensors
+from nbsupport.core.checkpoints import load_into, save_tensors
 from nbsupport.sd.models import SDComponents
 
 __all__ = ["SDMethodSpec", "SD_METHODS", "prepare", "trainable_state", "save_trainable", "load_trainable",

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from nbsupport.checkpoints import load_optimizer, save_optimizer, write_json
+from nbsupport.core.checkpoints import load_optimizer, save_optimizer, write_json
 from nbsupport.sd.methods import SD_METHODS, load_trainable, prepare, save_trainable
 from nbsupport.sd.models import SDComponents
 
@@ -328,9 +328,9 @@ def run_sd_method(components: SDComponents, method: str, train_set: Dataset, tes
 
     Returns ``result`` (:class:`SDTrainResult`), ``test_loss_before``, ``test_loss_after`` and ``record``.
     """
-    from nbsupport import records
-    from nbsupport.checkpoints import run_key
-    from nbsupport.paths import cache_dir
+    from nbsupport.core import records
+    from nbsupport.core.checkpoints import run_key
+    from nbsupport.core.paths import cache_dir
 
     timer = records.RunTimer(device)
     key = run_key(asdict(cfg), method, dataset, len(train_set), components.weights, components.name)

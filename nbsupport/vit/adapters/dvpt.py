@@ -16,10 +16,12 @@ cross-attention (tokens as queries, prompt features as keys/values: the inducing
 of the Set Transformer), so each token gets a sample-specific update ``[B, N, D]``.
 ``inject="cls"`` adds the mean prompt feature to the class token only.
 ``cross_attention=False`` is the ablation without prompts: a gated bottleneck adapter
-``gate * up(act(down(X)))``, which is what the public CLIP code effectively computes.
+``gate * up(act(down(X)))``: the adapter part of what the public CLIP code trains (that code also
+trains 50 input prompts with their position embeddings, which this ablation leaves out).
 
 Where it sits: ``position="mlp"`` runs the module in parallel to each block's MLP on the same
-normalised input (like the official code's adapter); ``position="block"`` adds it after the block.
+normalised input ``LN(x)`` (the official code's adapter, like AdaptFormer's official code, reads the
+un-normalised ``x`` instead); ``position="block"`` adds it after the block.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nbsupport.adapters.common import ParallelBranch, SharedRef
+from nbsupport.vit.adapters.common import ParallelBranch, SharedRef
 
 __all__ = ["DVPTConfig", "DVPTModule", "PostBlockBranch", "apply_dvpt", "dvpt_parameter_count"]
 

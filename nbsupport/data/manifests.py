@@ -21,7 +21,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from nbsupport.paths import data_dir, manifests_dir
+from nbsupport.core.paths import data_dir, manifests_dir
 
 __all__ = [
     "ManifestError",

@@ -18,8 +18,8 @@ from typing import Any, Callable
 
 import yaml
 
-from nbsupport.paths import RECORDS_ENV, repo_root
-from nbsupport.profiles import get_profile
+from nbsupport.core.paths import RECORDS_ENV, repo_root
+from nbsupport.core.profiles import get_profile
 
 __all__ = ["ChapterFailed", "ExecutedChapter", "toc_chapters", "execute_chapter", "build_book"]
 

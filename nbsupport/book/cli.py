@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from nbsupport.profiles import PROFILES
+from nbsupport.core.profiles import PROFILES
 
 __all__ = ["main", "build_parser"]
 
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("info", help="versions, device and profiles")
 
-    params = sub.add_parser("params", help="parameter tables (see nbsupport.methods)")
+    params = sub.add_parser("params", help="parameter tables (see nbsupport.vit.methods)")
     params.add_argument("family", choices=["vit", "sd"])
     params.add_argument("--backbone", default="vit_base_patch16_224")
     params.add_argument("--json", action="store_true")
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from nbsupport.runner import ChapterFailed, execute_chapter
+    from nbsupport.book.runner import ChapterFailed, execute_chapter
 
     params = dict(args.parameter)
     try:
@@ -73,7 +73,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_book(args: argparse.Namespace) -> int:
-    from nbsupport.runner import ChapterFailed, build_book
+    from nbsupport.book.runner import ChapterFailed, build_book
 
     try:
         build_book(args.profile, build_dir=args.build_dir, execute=not args.no_execute)
@@ -84,7 +84,7 @@ def _cmd_book(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from nbsupport import datasets, manifests
+    from nbsupport.data import datasets, manifests
 
     if args.data_command == "list":
         for name in manifests.list_manifests():
@@ -106,7 +106,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from nbsupport.env import environment_summary
+    from nbsupport.core.env import environment_summary
 
     print(environment_summary("-"))
     for p in PROFILES.values():
@@ -115,12 +115,31 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_params(args: argparse.Namespace) -> int:
-    try:
-        from nbsupport import methods
-    except ImportError as exc:  # pragma: no cover
-        print(f"error: parameter tables need nbsupport.methods ({exc})", file=sys.stderr)
-        return 2
-    return methods.params_command(args.family, args.backbone, args.json)
+    """``nbsupport params vit|sd``: print the parameter table (counts from the method registries)."""
+    family, backbone, as_json = args.family, args.backbone, args.json
+    if family == "sd":
+        try:
+            from nbsupport.sd.methods import parameter_table as sd_table
+        except ImportError as exc:
+            print(f"error: the sd parameter table needs diffusers and transformers: pip install 'nbsupport[sd]' ({exc})")
+            return 2
+        rows = sd_table()
+    else:
+        from nbsupport.vit.backbones import BACKBONES
+        from nbsupport.vit.methods import parameter_table
+
+        name = BACKBONES[backbone].timm_name.split(".")[0] if backbone in BACKBONES else backbone
+        rows = parameter_table(name)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    w = max(len(r["method"]) for r in rows) + 1
+    share = "% of model" if family == "sd" else "% backbone"
+    print(f"{'method':{w}s} {'trainable':>14s} {share:>10s} {'added':>10s} {'checkpoint':>12s}")
+    for r in rows:
+        print(f"{r['method']:{w}s} {r['trainable']:14,d} {r['trainable_pct']:9.3f}% {r['added']:10,d} "
+              f"{r['checkpoint_bytes'] / 2**20:10.2f} MB")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,11 +18,11 @@ from typing import Any, Iterable
 
 import torch
 
-from nbsupport.env import describe_device, library_versions, peak_memory_bytes
-from nbsupport.paths import records_dir, repo_root
+from nbsupport.core.env import describe_device, library_versions, peak_memory_bytes
+from nbsupport.core.paths import records_dir, repo_root
 
 __all__ = ["RunRecord", "RunTimer", "write_record", "read_record", "load_records", "git_commit",
-           "write_benchmark"]
+           "write_benchmark", "benchmark_results"]
 
 REQUIRED = ("chapter", "profile", "dataset", "weights", "metrics", "device", "versions")
 SCHEMA_VERSION = 1
@@ -55,7 +55,7 @@ class RunRecord:
         metrics: what was measured (floats, ints, or nested dicts/lists of them).
         wall_time_s: seconds from start to write.
         peak_memory_bytes: peak GPU memory (CUDA) or peak RSS (CPU).
-        device: :func:`nbsupport.env.describe_device` output.
+        device: :func:`nbsupport.core.env.describe_device` output.
         versions: library versions.
         git_commit: commit of the book's repository.
         created: UTC ISO timestamp.
@@ -138,7 +138,7 @@ def write_record(
 ) -> Path:
     """Write a run record as JSON and return its path.
 
-    The directory is ``directory`` or :func:`nbsupport.paths.records_dir`
+    The directory is ``directory`` or :func:`nbsupport.core.paths.records_dir`
     (``$NBSUPPORT_RECORDS``, default ``<repo>/runs``).
     """
     if weights != "random" and not weights.startswith(("pretrained", "local:", "finetuned")):
@@ -205,3 +205,12 @@ def write_benchmark(directory: Path | str, benchmark: str, device: str, suffix: 
     path.write_text(json.dumps(_jsonable(result), indent=2), encoding="utf-8")
     print(f"wrote {path}")
     return path
+
+
+def benchmark_results(pattern: str) -> list[dict[str, Any]]:
+    """The committed benchmark results ``benchmarks/results/<pattern>.json`` (glob), sorted by file
+    name; each dict gains ``"file"`` (its name) so a page can say where a number comes from."""
+    out = []
+    for path in sorted((repo_root() / "benchmarks" / "results").glob(f"{pattern}.json")):
+        out.append({**json.loads(path.read_text(encoding="utf-8")), "file": path.name})
+    return out

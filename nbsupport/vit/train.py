@@ -23,14 +23,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from nbsupport.checkpoints import load_optimizer, save_optimizer, write_json
-from nbsupport.methods import (
+from nbsupport.core.checkpoints import load_optimizer, save_optimizer, write_json
+from nbsupport.vit.methods import (
     load_trainable,
     save_trainable,
     trainable_parameters,
     trainable_state_dict,
 )
-from nbsupport.metrics import (
+from nbsupport.vit.metrics import (
     classification_metrics,
     multilabel_metrics,
     selection_metric,
@@ -171,7 +171,7 @@ def train_classifier(
     single-label grading; macro AUC for multi-label findings, trained with a sigmoid/BCE loss).
 
     Args:
-        model: an adapted model (see :func:`nbsupport.methods.adapt`).
+        model: an adapted model (see :func:`nbsupport.vit.methods.adapt`).
         train_set, val_set, test_set: datasets yielding ``(x [3,S,S], y int)``.
         num_classes: number of classes.
         cfg: :class:`TrainConfig`.
@@ -189,7 +189,7 @@ def train_classifier(
     select = selection_metric(multi)
     params = trainable_parameters(model)
     if not params:
-        raise ValueError("the model has no trainable parameters: adapt it with nbsupport.methods.adapt first")
+        raise ValueError("the model has no trainable parameters: adapt it with nbsupport.vit.methods.adapt first")
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")

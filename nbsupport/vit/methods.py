@@ -19,15 +19,15 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from nbsupport.adapters.adaptformer import apply_adaptformer
-from nbsupport.adapters.dvpt import DVPTConfig, apply_dvpt
-from nbsupport.adapters.ssf import apply_ssf
-from nbsupport.adapters.vpt import apply_vpt
-from nbsupport.backbones import count_parameters, freeze
-from nbsupport.checkpoints import load_into, save_tensors
+from nbsupport.vit.adapters.adaptformer import apply_adaptformer
+from nbsupport.vit.adapters.dvpt import DVPTConfig, apply_dvpt
+from nbsupport.vit.adapters.ssf import apply_ssf
+from nbsupport.vit.adapters.vpt import apply_vpt
+from nbsupport.vit.backbones import count_parameters, freeze
+from nbsupport.core.checkpoints import load_into, save_tensors
 
 __all__ = ["MethodSpec", "METHODS", "adapt", "trainable_parameters", "trainable_state_dict",
-           "checkpoint_bytes", "parameter_table", "save_trainable", "load_trainable", "params_command"]
+           "checkpoint_bytes", "parameter_table", "save_trainable", "load_trainable"]
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("lora", "LoRA", "rank-r updates of the attention qkv projection (peft)",
                    {"r": 8, "alpha": 8, "targets": ("qkv",)}, _lora, 5e-4),
         MethodSpec("adaptformer", "AdaptFormer", "bottleneck MLP parallel to each MLP (Chen et al. 2022)",
-                   {"bottleneck": 64, "scale": 0.1}, _with_new_params(apply_adaptformer), 5e-4),
+                   {"bottleneck": 64, "scale": 0.1, "dropout": 0.1, "input": "x"}, _with_new_params(apply_adaptformer), 5e-4),
         MethodSpec("bitfit", "BitFit", "every bias term (Ben Zaken et al. 2022)", {}, _bitfit, 1e-3),
         MethodSpec("ssf", "SSF", "scale and shift after every operation (Lian et al. 2022)", {},
                    _with_new_params(apply_ssf), 1e-3),
@@ -133,7 +133,7 @@ def adapt(model: nn.Module, method: str, **config: Any) -> nn.Module:
     """Adapt a timm ViT in place for ``method``; exactly the method's parameters + head train.
 
     Args:
-        model: a timm VisionTransformer with its task head (see :func:`nbsupport.backbones.create_vit`).
+        model: a timm VisionTransformer with its task head (see :func:`nbsupport.vit.backbones.create_vit`).
         method: a key of :data:`METHODS`.
         **config: overrides of the method's defaults (e.g. ``num_prompts=50``, ``group_size=1``).
 
@@ -248,28 +248,3 @@ def parameter_table(
         del model
     return rows
 
-
-def params_command(family: str, backbone: str, as_json: bool) -> int:
-    """``nbsupport params vit|sd``: print the parameter table."""
-    if family == "sd":
-        try:
-            from nbsupport.sd.methods import parameter_table as sd_table
-        except ImportError as exc:
-            print(f"error: the sd parameter table needs diffusers and transformers: pip install 'nbsupport[sd]' ({exc})")
-            return 2
-        rows = sd_table()
-    else:
-        from nbsupport.backbones import BACKBONES
-
-        name = BACKBONES[backbone].timm_name.split(".")[0] if backbone in BACKBONES else backbone
-        rows = parameter_table(name)
-    if as_json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    w = max(len(r["method"]) for r in rows) + 1
-    share = "% of model" if family == "sd" else "% backbone"
-    print(f"{'method':{w}s} {'trainable':>14s} {share:>10s} {'added':>10s} {'checkpoint':>12s}")
-    for r in rows:
-        print(f"{r['method']:{w}s} {r['trainable']:14,d} {r['trainable_pct']:9.3f}% {r['added']:10,d} "
-              f"{r['checkpoint_bytes'] / 2**20:10.2f} MB")
-    return 0

@@ -24,9 +24,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from nbsupport import fundus
-from nbsupport.manifests import SPLIT_NAMES, Manifest, load_manifest
-from nbsupport.paths import data_dir
+from nbsupport.data import fundus
+from nbsupport.data.manifests import SPLIT_NAMES, Manifest, load_manifest
+from nbsupport.core.paths import data_dir
 
 __all__ = [
     "DataError",
@@ -157,7 +157,7 @@ class FundusDataset(_TaskMixin, Dataset):
         image_size: output side in pixels.
         seed: base seed of the whole dataset.
         class_balance: five grade proportions; counts are exact (rounded), order shuffled.
-        camera: camera preset name or :class:`nbsupport.fundus.CameraModel`.
+        camera: camera preset name or :class:`nbsupport.data.fundus.CameraModel`.
         task: classification / segmentation / text-to-image.
         cache: keep generated samples in memory (default: when they total < 256 MB).
     """
@@ -195,7 +195,7 @@ class FundusDataset(_TaskMixin, Dataset):
         return self.n
 
     def sample(self, i: int) -> fundus.FundusSample:
-        """The raw :class:`~nbsupport.fundus.FundusSample` of item ``i``."""
+        """The raw :class:`~nbsupport.data.fundus.FundusSample` of item ``i``."""
         if not 0 <= i < self.n:
             raise IndexError(f"index {i} out of range for {self.n} images")
         if i in self._cache:

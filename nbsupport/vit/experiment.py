@@ -14,14 +14,15 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from nbsupport import methods, records
-from nbsupport.backbones import BACKBONES, count_parameters, create_vit, data_config
-from nbsupport.checkpoints import run_key
-from nbsupport.datasets import IMAGENET_MEAN, IMAGENET_STD, build_dataset, to_tensor
-from nbsupport.manifests import load_manifest
-from nbsupport.paths import cache_dir
-from nbsupport.profiles import Profile, get_profile
-from nbsupport.train import TrainConfig, train_classifier
+from nbsupport.vit import methods
+from nbsupport.core import records
+from nbsupport.vit.backbones import BACKBONES, count_parameters, create_vit, data_config
+from nbsupport.core.checkpoints import run_key
+from nbsupport.data.datasets import IMAGENET_MEAN, IMAGENET_STD, build_dataset, to_tensor
+from nbsupport.data.manifests import load_manifest
+from nbsupport.core.paths import cache_dir
+from nbsupport.core.profiles import Profile, get_profile
+from nbsupport.vit.train import TrainConfig, train_classifier
 
 __all__ = ["ClassificationData", "Backbone", "make_backbone", "load_classification_data", "label_subset",
            "run_method", "default_train_config"]

@@ -1,15 +1,9 @@
-"""Evaluating generated images: FID and KID (torch-fidelity), Vendi score, prompt-image alignment.
+"""Fidelity of generated images: FID and KID through torch-fidelity, with a registered domain extractor.
 
-- **FID / KID** go through ``torch_fidelity.calculate_metrics``. The standard extractor is
-  ``inception-v3-compat`` (its weights are downloaded by torch-fidelity, or read from a local
-  path); offline, or for medical images, a **domain extractor** is registered with torch-fidelity:
-  a classifier trained on real images (its pre-logit features), as the study did with a chest
-  X-ray network.
-- **Vendi score** (Friedman & Dieng 2023): the exponential of the Shannon entropy of the
-  eigenvalues of ``K / n``, ``K`` the cosine-similarity matrix of the features; "the effective
-  number of distinct images". Written out here and checked against the ``vendi-score`` package.
-- **Alignment**: does an image show what its prompt asked? The real-data classifier's accuracy /
-  AUC on generated images against the prompted labels; CLIP score where CLIP weights can be had.
+The standard extractor is ``inception-v3-compat`` (its weights are downloaded by torch-fidelity, or
+read from a local path); offline, or for medical images, a **domain extractor** is registered with
+torch-fidelity: a classifier trained on real images (its pre-logit features), as the study did with
+a chest X-ray network.
 """
 
 from __future__ import annotations
@@ -24,9 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-__all__ = ["UInt8Images", "register_domain_extractor", "fid_kid", "fid_from_features", "vendi_score",
-           "classifier_features", "alignment", "clip_score", "assert_disjoint", "per_grade_scores",
-           "pixel_features"]
+from nbsupport.evaluation.diversity import pixel_features, vendi_score
+
+__all__ = ["UInt8Images", "register_domain_extractor", "fid_kid", "fid_from_features", "per_grade_scores"]
 
 _counter = itertools.count()
 
@@ -137,101 +131,6 @@ def fid_from_features(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.
     s1 = fid_features_to_statistics(torch.as_tensor(np.asarray(fake), dtype=torch.float64))
     s2 = fid_features_to_statistics(torch.as_tensor(np.asarray(real), dtype=torch.float64))
     return float(fid_statistics_to_metric(s1, s2, verbose=False)["frechet_inception_distance"])
-
-
-def pixel_features(images: Sequence[np.ndarray], side: int = 32) -> np.ndarray:
-    """``[N, side * side * 3]`` pixel vectors of ``[H, W, 3]`` images subsampled to about ``side`` px,
-    for a Vendi score on pixels (diversity that ignores what a classifier finds relevant)."""
-    return np.stack([np.asarray(im)[::max(1, im.shape[0] // side), ::max(1, im.shape[1] // side)].reshape(-1)
-                     for im in images]).astype(np.float64)
-
-
-def vendi_score(features: np.ndarray | torch.Tensor) -> float:
-    """Vendi score of ``[N, D]`` features under the cosine-similarity kernel.
-
-    ``exp(-sum_i l_i log l_i)`` over the eigenvalues ``l`` of ``K / N``, ``K = X X^T`` with unit-norm
-    rows ``X``: 1 when all items are identical, N when all are orthogonal.
-    """
-    x = np.asarray(features, dtype=np.float64)
-    x = x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
-    k = x @ x.T / len(x)
-    w = np.linalg.eigvalsh(k)
-    w = w[w > 1e-12]
-    return float(np.exp(-(w * np.log(w)).sum()))
-
-
-@torch.no_grad()
-def classifier_features(model: nn.Module, images: Sequence[np.ndarray], image_size: int, mean: Sequence[float],
-                        std: Sequence[float], device: torch.device | str = "cpu",
-                        batch_size: int = 64, multi_label: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Pre-logit features ``[N, D]`` and probabilities ``[N, K]`` (softmax; sigmoid when
-    ``multi_label``) of ``[H, W, 3]`` uint8 images."""
-    model = model.eval().to(device)
-    m = torch.tensor(mean).view(1, 3, 1, 1).to(device)
-    s = torch.tensor(std).view(1, 3, 1, 1).to(device)
-    feats, probs = [], []
-    for i in range(0, len(images), batch_size):
-        x = torch.stack([torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1) for im in images[i:i + batch_size]])
-        x = x.to(device).float() / 255.0
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
-        f = model.forward_head(model.forward_features((x - m) / s), pre_logits=True)
-        feats.append(f.float().cpu())
-        logits = model.get_classifier()(f).float()
-        probs.append((logits.sigmoid() if multi_label else logits.softmax(-1)).cpu())
-    return torch.cat(feats).numpy(), torch.cat(probs).numpy()
-
-
-def alignment(probs: np.ndarray, prompted: Sequence[Any], num_classes: int) -> dict[str, Any]:
-    """How well images show what their prompts asked, judged by a real-data classifier.
-
-    Args:
-        probs: ``[N, K]`` the classifier's probabilities on the generated images.
-        prompted: ``[N]`` the class each image's prompt asked for, or ``[N, K]`` multi-hot findings.
-
-    Returns accuracy, quadratic-weighted Kappa, macro AUC and F1 (as for real data) and the
-    per-class accuracy; for findings, macro and per-finding AUC, F1 and accuracy.
-    """
-    from nbsupport.metrics import classification_metrics, multilabel_metrics
-
-    if np.asarray(prompted).ndim == 2:
-        out_ml: dict[str, Any] = multilabel_metrics(np.asarray(prompted), probs)
-        out_ml["per_class_accuracy"] = out_ml["per_finding_auc"]
-        return out_ml
-    y = np.asarray(prompted, dtype=int)
-    out: dict[str, Any] = classification_metrics(y, probs, num_classes)
-    pred = np.asarray(probs).argmax(1)
-    out["per_class_accuracy"] = {int(c): float((pred[y == c] == c).mean()) for c in np.unique(y)}
-    return out
-
-
-def clip_score(images: Sequence[np.ndarray], prompts: Sequence[str], model_id: str = "openai/clip-vit-base-patch32",
-               revision: str | None = None, device: torch.device | str = "cpu") -> float:
-    """Mean CLIP score ``100 * max(cos(image, text), 0)`` (Hessel et al. 2021) with a hub CLIP.
-
-    Raises:
-        RuntimeError: when the CLIP weights cannot be loaded (offline), naming the fix.
-    """
-    try:
-        from transformers import CLIPModel, CLIPProcessor
-
-        model = CLIPModel.from_pretrained(model_id, revision=revision, use_safetensors=True).to(device).eval()
-        proc = CLIPProcessor.from_pretrained(model_id, revision=revision)
-    except (OSError, ValueError) as exc:
-        raise RuntimeError(f"CLIP score needs the weights of {model_id!r} ({exc.__class__.__name__}); offline, "
-                           "pass a local folder as model_id, or rely on the classifier-based alignment") from exc
-    with torch.no_grad():
-        inp = proc(text=list(prompts), images=[np.asarray(i) for i in images], return_tensors="pt",
-                   padding=True, truncation=True).to(device)
-        img = F.normalize(model.get_image_features(pixel_values=inp["pixel_values"]), dim=-1)
-        txt = F.normalize(model.get_text_features(input_ids=inp["input_ids"], attention_mask=inp["attention_mask"]), dim=-1)
-    return float((100 * (img * txt).sum(-1).clamp(min=0)).mean())
-
-
-def assert_disjoint(train_keys: Sequence[Any], test_keys: Sequence[Any], what: str = "image") -> None:
-    """Raise if any test key (image id or patient id) is also a training key."""
-    leak = set(train_keys) & set(test_keys)
-    if leak:
-        raise AssertionError(f"{len(leak)} test {what}(s) leaked into training, e.g. {sorted(map(str, leak))[:3]}")
 
 
 def per_grade_scores(real_feats: np.ndarray, real_labels: Sequence[int], real_images: Sequence[np.ndarray],

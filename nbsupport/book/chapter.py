@@ -1,0 +1,100 @@
+"""The chapter object: one line of set-up at the top of a chapter, one line of record at its end.
+
+>>> ch = book.start("03_benchmark", profile="smoke", seed=0)     # device, seeds, timer, banner
+>>> ch.profile.image_size, ch.device, ch.dataset
+>>> ch.finish(weights=bb.weights, metrics={...}, params={...})  # writes the run record
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from nbsupport.core import records
+from nbsupport.core.env import describe_device, library_versions, pick_device, seed_everything
+from nbsupport.core.paths import cache_dir
+from nbsupport.core.profiles import Profile, get_profile
+
+__all__ = ["Chapter", "start", "provenance_line"]
+
+Task = Literal["classification", "text-to-image", "none"]
+
+
+def provenance_line(profile: Profile, device: torch.device) -> str:
+    """One line for the page: profile, device and the versions that decide the numbers."""
+    v = library_versions()
+    libs = ", ".join(f"{k} {v[k]}" for k in ("torch", "timm", "peft", "diffusers", "nbsupport") if v.get(k))
+    commit = (records.git_commit() or "")[:10]
+    return (f"profile {profile.name} | device {describe_device(device)['name']} | {libs}"
+            + (f" | commit {commit}" if commit else ""))
+
+
+@dataclass
+class Chapter:
+    """What a running chapter knows: its name, profile settings, device, seed, dataset and timer.
+
+    Made by :func:`start`; :meth:`finish` writes the chapter's run record.
+
+    Attributes:
+        name: the chapter's file stem, e.g. ``"03_benchmark"``.
+        profile: the :class:`~nbsupport.core.profiles.Profile` (``ch.profile.image_size``, ...).
+        device: where tensors go.
+        seed: the chapter's seed (everything was seeded with it at start).
+        dataset: the manifest name the chapter uses (the parameter, else the profile's default).
+        timer: wall time and peak memory since :func:`start`.
+    """
+
+    name: str
+    profile: Profile
+    device: torch.device
+    seed: int
+    dataset: str
+    timer: records.RunTimer = field(repr=False)
+
+    def generated_dir(self, split: str, method: str | None = None) -> Path:
+        """Where chapter 6 writes generated images of ``split`` (``eval``/``train``) for this
+        profile and dataset, and chapters 7-8 read them: ``<cache>/generated/<profile>/<dataset>/<split>[/<method>]``."""
+        root = cache_dir() / "generated" / self.profile.name / self.dataset / split
+        return root / method if method else root
+
+    def finish(self, weights: str, metrics: dict[str, Any], params: dict[str, Any] | None = None,
+               dataset: str | None = None) -> Path:
+        """Write the chapter's run record (profile, device, versions, commit, wall time, peak memory
+        come from here) and print its file name; returns its path."""
+        path = records.write_record(chapter=self.name, profile=self.profile.name, dataset=dataset or self.dataset,
+                                    weights=weights, metrics=metrics, params={"seed": self.seed, **(params or {})},
+                                    timer=self.timer, device=self.device)
+        print(f"run record: {path.name}")
+        return path
+
+
+def start(name: str, profile: str | Profile, seed: int = 0, dataset: str | None = None,
+          task: Task = "classification", device: str | torch.device | None = None,
+          show: bool = True) -> Chapter:
+    """Set a chapter up: resolve the profile, pick the device, seed everything, start the timer,
+    and show one provenance line plus the profile banner.
+
+    Args:
+        name: the chapter's file stem (the run record is named after it).
+        profile: ``smoke`` / ``cpu`` / ``gpu`` / ``full`` (or a Profile).
+        seed: seeds Python, NumPy and torch.
+        dataset: manifest name; ``None`` takes the profile's default for ``task``.
+        task: which default dataset applies (``text-to-image`` for the Stable Diffusion chapters).
+        device: overrides the automatic choice (CUDA, then MPS, then CPU; ``$NBSUPPORT_DEVICE``).
+        show: print the provenance line and display the banner.
+    """
+    prof = get_profile(profile)
+    dev = pick_device(str(device) if device is not None else None)
+    seed_everything(seed)
+    default = prof.sd_dataset if task == "text-to-image" else prof.default_dataset
+    ch = Chapter(name=name, profile=prof, device=dev, seed=seed, dataset=dataset or default,
+                 timer=records.RunTimer(dev))
+    if show:
+        from nbsupport.book.viz import profile_banner
+
+        print(provenance_line(prof, dev))
+        profile_banner(prof.name, prof.random_weights)
+    return ch

@@ -1,0 +1,1 @@
+"""Data: the procedural fundus generator, dataset manifests, torch datasets, leakage checks."""
