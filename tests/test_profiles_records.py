@@ -81,8 +81,7 @@ def test_chapter_object_sets_up_and_writes_the_record(capsys):
     assert (random.random(), torch.rand(1).item()) == a          # seeded alike
     assert ch.dataset == get_profile("smoke").default_dataset and ch.device.type == "cpu"
     assert book.start("xx", "smoke", task="text-to-image", show=False).dataset == get_profile("smoke").sd_dataset
-    out = capsys.readouterr().out
-    assert out.startswith("profile smoke | device ") and "torch " in out
+    assert ch.provenance.startswith("profile smoke | device CPU") and "torch " in ch.provenance
     path = ch.finish(weights="random", metrics={"x": 1.5}, params={"k": 2})
     rec = records.read_record(path)
     assert (rec.chapter, rec.profile, rec.metrics, rec.params) == ("xx_demo", "smoke", {"x": 1.5}, {"seed": 3, "k": 2})

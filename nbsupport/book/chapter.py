@@ -45,6 +45,7 @@ class Chapter:
         seed: the chapter's seed (everything was seeded with it at start).
         dataset: the manifest name the chapter uses (the parameter, else the profile's default).
         timer: wall time and peak memory since :func:`start`.
+        provenance: one line: profile, device, library versions, commit.
     """
 
     name: str
@@ -53,6 +54,7 @@ class Chapter:
     seed: int
     dataset: str
     timer: records.RunTimer = field(repr=False)
+    provenance: str = ""
 
     def generated_dir(self, split: str, method: str | None = None) -> Path:
         """Where chapter 6 writes generated images of ``split`` (``eval``/``train``) for this
@@ -75,7 +77,7 @@ def start(name: str, profile: str | Profile, seed: int = 0, dataset: str | None 
           task: Task = "classification", device: str | torch.device | None = None,
           show: bool = True) -> Chapter:
     """Set a chapter up: resolve the profile, pick the device, seed everything, start the timer,
-    and show one provenance line plus the profile banner.
+    and display one provenance line with the profile banner.
 
     Args:
         name: the chapter's file stem (the run record is named after it).
@@ -84,17 +86,16 @@ def start(name: str, profile: str | Profile, seed: int = 0, dataset: str | None 
         dataset: manifest name; ``None`` takes the profile's default for ``task``.
         task: which default dataset applies (``text-to-image`` for the Stable Diffusion chapters).
         device: overrides the automatic choice (CUDA, then MPS, then CPU; ``$NBSUPPORT_DEVICE``).
-        show: print the provenance line and display the banner.
+        show: display the provenance line and the profile banner.
     """
     prof = get_profile(profile)
     dev = pick_device(str(device) if device is not None else None)
     seed_everything(seed)
     default = prof.sd_dataset if task == "text-to-image" else prof.default_dataset
     ch = Chapter(name=name, profile=prof, device=dev, seed=seed, dataset=dataset or default,
-                 timer=records.RunTimer(dev))
+                 timer=records.RunTimer(dev), provenance=provenance_line(prof, dev))
     if show:
         from nbsupport.book.viz import profile_banner
 
-        print(provenance_line(prof, dev))
-        profile_banner(prof.name, prof.random_weights)
+        profile_banner(prof.name, prof.random_weights, ch.provenance)
     return ch

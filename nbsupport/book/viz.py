@@ -68,17 +68,19 @@ def image_grid(images: Sequence[np.ndarray], titles: Sequence[str] | None = None
     return fig
 
 
-def profile_banner(profile: str, random_weights: bool) -> None:
-    """Display a visible note on pages run with tiny random models (the smoke profile)."""
+def profile_banner(profile: str, random_weights: bool, provenance: str = "") -> None:
+    """Display the page's provenance (profile, device, versions) and, on pages run with tiny random
+    models (the smoke profile), a visible note that the numbers are not results."""
     from IPython.display import Markdown, display
 
+    line = f"<small>{provenance}</small>\n\n" if provenance else ""
     if random_weights:
         display(Markdown(
-            f"> **Note - profile `{profile}`:** this page was executed with tiny, randomly initialised "
+            f"> {line}**Note - profile `{profile}`:** this page was executed with tiny, randomly initialised "
             "models on small procedural data, to prove that every cell runs. Its numbers say nothing "
             "about the methods; run it with `profile='gpu'` for the real experiment."))
     else:
-        display(Markdown(f"> Executed with profile `{profile}`; see the run record for weights and device."))
+        display(Markdown(f"> {line}Executed with profile `{profile}`; see the run record for weights and device."))
 
 
 def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, cmap: str = "inferno") -> np.ndarray:

@@ -1,0 +1,134 @@
+"""How much headroom does a procedural grading task leave? Linear probes on cheap features.
+
+    python benchmarks/headroom.py --size 64 --camera default --n-train 400 --n-test 200
+
+A task where colour statistics or frozen *random* features already grade well cannot show what
+pretraining or adaptation adds. This benchmark fits the same probe (standardised logistic
+regression, C by 3-fold cross-validation on the training split, scored by quadratic-weighted Kappa)
+on four feature sets of the same images:
+
+- ``colour``: per-channel mean, std and 5/25/50/75/95th percentiles inside the field of view;
+- ``pixels``: the image average-pooled to 16 x 16 x 3;
+- ``random_vit``: frozen features (mean token + class token) of a randomly initialised ViT
+  (patch 8, width 192, depth 6), one per init seed;
+- ``oracle``: the generator's true lesion counts per kind (what a perfect lesion detector would
+  see: an upper bound on the information the image carries about the grade).
+
+Writes ``benchmarks/results/headroom-<cpu>-<tag>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from nbsupport.core.records import write_benchmark  # noqa: E402
+from nbsupport.data import fundus  # noqa: E402
+
+BALANCE = (0.40, 0.15, 0.22, 0.10, 0.13)   # the shipped manifests' class balance
+
+
+def draw(n: int, seed0: int, size: int, camera: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` images ``[n, size, size, 3]`` uint8, grades ``[n]`` and lesion counts ``[n, K+1]``."""
+    rng = np.random.default_rng(seed0)
+    grades = rng.choice(5, size=n, p=BALANCE)
+    imgs, counts = [], []
+    for i, g in enumerate(grades):
+        s = fundus.generate_fundus(seed0 * 100_003 + i, int(g), size, camera)
+        imgs.append(s.image)
+        counts.append([s.counts[k] for k in fundus.LESION_KINDS] + [float("venous_beading" in s.findings)]
+                      + [s.counts.get(k, 0) for k in getattr(fundus, "EXTRA_KINDS", ())])
+    return np.stack(imgs), grades, np.asarray(counts, dtype=np.float64)
+
+
+def colour_features(imgs: np.ndarray) -> np.ndarray:
+    x = imgs.astype(np.float32) / 255.0
+    fov = x.max(-1) > 0.04                                           # [n, H, W]
+    out = []
+    for im, m in zip(x, fov):
+        px = im[m]                                                   # [p, 3]
+        out.append(np.concatenate([px.mean(0), px.std(0), np.percentile(px, [5, 25, 50, 75, 95], axis=0).ravel()]))
+    return np.asarray(out)
+
+
+def pixel_features(imgs: np.ndarray, side: int = 16) -> np.ndarray:
+    n, h, w, c = imgs.shape
+    f = h // side
+    return imgs.reshape(n, side, f, side, f, c).mean((2, 4)).reshape(n, -1) / 255.0
+
+
+def random_vit_features(imgs: np.ndarray, seed: int) -> np.ndarray:
+    import timm
+    import torch
+
+    torch.manual_seed(seed)
+    size = imgs.shape[1]
+    model = timm.models.vision_transformer.VisionTransformer(
+        img_size=size, patch_size=8, embed_dim=192, depth=6, num_heads=3, num_classes=0).eval()
+    mean = torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1)
+    feats = []
+    with torch.no_grad():
+        for i in range(0, len(imgs), 64):
+            x = torch.from_numpy(imgs[i:i + 64]).permute(0, 3, 1, 2).float() / 255.0
+            t = model.forward_features((x - mean) / 0.25)            # [B, 1 + N, D]
+            feats.append(torch.cat([t[:, 0], t[:, 1:].mean(1)], 1))
+    return torch.cat(feats).numpy()
+
+
+def probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
+    """QWK on the test split of a standardised logistic regression, C by 3-fold CV (QWK)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import cohen_kappa_score, make_scorer
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    qwk = make_scorer(cohen_kappa_score, weights="quadratic")
+    grid = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)),
+                        {"logisticregression__C": [0.01, 0.1, 1.0, 10.0]}, scoring=qwk, cv=3)
+    grid.fit(train_x, train_y)
+    return float(cohen_kappa_score(test_y, grid.predict(test_x), weights="quadratic"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--camera", default="default")
+    ap.add_argument("--n-train", type=int, default=400)
+    ap.add_argument("--n-test", type=int, default=200)
+    ap.add_argument("--vit-seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--tag", default="", help="suffix of the result file")
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = ap.parse_args(argv)
+
+    t0 = time.perf_counter()
+    tr_i, tr_y, tr_c = draw(args.n_train, 11, args.size, args.camera)
+    te_i, te_y, te_c = draw(args.n_test, 12, args.size, args.camera)
+    gen_s = time.perf_counter() - t0
+    res: dict[str, object] = {
+        "colour": probe(colour_features(tr_i), tr_y, colour_features(te_i), te_y),
+        "pixels": probe(pixel_features(tr_i), tr_y, pixel_features(te_i), te_y),
+        "oracle": probe(tr_c, tr_y, te_c, te_y),
+    }
+    vit = [probe(random_vit_features(tr_i, s), tr_y, random_vit_features(te_i, s), te_y) for s in args.vit_seeds]
+    res["random_vit"] = {"mean": float(np.mean(vit)), "std": float(np.std(vit)), "per_seed": vit}
+    for k, v in res.items():
+        print(f"{k:11s} QWK {v['mean'] if isinstance(v, dict) else v:.3f}")
+    cpu = f"cpu {platform.machine()} {len(__import__('os').sched_getaffinity(0))} cores"
+    write_benchmark(args.out, "headroom", cpu, f"-{args.size}px-{args.camera}{args.tag}", {
+        "benchmark": "headroom", "device": cpu, "size": args.size, "camera": args.camera,
+        "n_train": args.n_train, "n_test": args.n_test, "generation_s": gen_s,
+        "probe": "standardised logistic regression, C in {0.01, 0.1, 1, 10} by 3-fold CV (QWK)",
+        "qwk": res, "wall_s": time.perf_counter() - t0})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
