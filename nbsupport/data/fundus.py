@@ -15,6 +15,13 @@ grade  name                          lesions drawn
 4      proliferative DR              severe findings + neovascularisation (disc or elsewhere)
 =====  ============================  ========================================================
 
+What varies between eyes whatever the grade makes grading hard in the ways real grading is:
+pigmentation and choroidal tessellation, the nerve-fibre sheen, lesion look-alikes (drusen are yellow
+like exudates, pigment clumps dark like microaneurysms), and the camera (exposure, colour cast,
+gamma, vignetting, defocus, haze, lens dust, noise, JPEG). Haemorrhages come as dot-blot (round) or
+flame (thin, along the nerve fibres). Under the ``clinic`` cameras, colour statistics no longer give
+the grade away (``benchmarks/headroom.py`` measures it): lesion kind, shape, size and place do.
+
 Everything is deterministic given ``(seed, grade, camera)``; geometry is drawn in normalised
 coordinates, so the same seed gives the same eye at 64 px or 1024 px. Each sample comes with its
 grade, one binary mask per lesion kind (segmentation), and a caption (text-to-image).
@@ -87,7 +94,10 @@ class CameraModel:
         gradient: strength of a linear illumination gradient across the field (0..1).
         blur: defocus blur, in fractions of the image width.
         noise: additive Gaussian noise std (on a 0..1 scale).
-        variation: per-image jitter scale (0..1).
+        variation: per-image jitter scale (0 = none; 1 = as different as photographs from
+            different clinics: exposure, colour cast, gamma, vignetting, defocus, haze).
+        jpeg: JPEG quality of the saved image (0 = not compressed).
+        haze: strength of a whitish veil (media opacity, flare), 0..1.
     """
 
     gain: float = 1.0
@@ -98,11 +108,13 @@ class CameraModel:
     blur: float = 0.0
     noise: float = 0.01
     variation: float = 0.3
+    jpeg: int = 0
+    haze: float = 0.0
 
     def jittered(self, rng: np.random.Generator) -> "CameraModel":
-        """A per-image camera drawn around this one (uses 8 draws from ``rng``)."""
+        """A per-image camera drawn around this one (uses 9 draws from ``rng``)."""
         v = self.variation
-        u = rng.uniform(-1.0, 1.0, size=8)
+        u = rng.uniform(-1.0, 1.0, size=9)
         return replace(
             self,
             gain=self.gain * (1.0 + 0.25 * v * u[0]),
@@ -115,6 +127,7 @@ class CameraModel:
             vignette=float(np.clip(self.vignette + 0.2 * v * u[5], 0.0, 0.95)),
             gradient=float(np.clip(self.gradient + 0.15 * v * u[6], 0.0, 0.8)),
             blur=max(0.0, self.blur + 0.002 * v * max(u[7], 0.0)),
+            haze=float(np.clip(self.haze + 0.15 * v * max(u[8], 0.0), 0.0, 0.8)),
             variation=0.0,
         )
 
@@ -125,6 +138,11 @@ CAMERA_PRESETS: dict[str, CameraModel] = {
     # Two deliberately different cameras for domain-shift experiments.
     "dim_bluish": CameraModel(gain=0.75, colour=(0.85, 1.0, 1.25), gamma=1.15, vignette=0.55),
     "bright_warm": CameraModel(gain=1.2, colour=(1.1, 0.95, 0.8), gamma=0.9, vignette=0.2, blur=0.002),
+    # Clinic-grade nuisance: every image exposed, tinted and focused differently, JPEG-compressed.
+    # Colour statistics stop predicting the grade; only lesion shape, size and place do.
+    "clinic": CameraModel(variation=1.6, noise=0.02, jpeg=70, haze=0.05),
+    "clinic_dim_bluish": CameraModel(gain=0.8, colour=(0.85, 1.0, 1.25), gamma=1.15, vignette=0.5,
+                                     variation=1.6, noise=0.025, jpeg=60, haze=0.08),
 }
 
 
@@ -174,14 +192,14 @@ def lesion_counts_for_grade(grade: int, rng: np.random.Generator) -> dict[str, i
         counts["microaneurysms"] = pick(1, 6, u[0])
     elif grade == 2:
         counts["microaneurysms"] = pick(4, 15, u[0])
-        counts["haemorrhages"] = pick(1, 8, u[1])
-        counts["hard_exudates"] = pick(0, 14, u[2])
+        counts["haemorrhages"] = pick(1, 5, u[1])
+        counts["hard_exudates"] = pick(0, 8, u[2])
         counts["cotton_wool_spots"] = pick(0, 2, u[3])
     elif grade >= 3:
-        counts["microaneurysms"] = pick(10, 25, u[0])
-        counts["haemorrhages"] = pick(20, 40, u[1])
-        counts["hard_exudates"] = pick(6, 30, u[2])
-        counts["cotton_wool_spots"] = pick(2, 6, u[3])
+        counts["microaneurysms"] = pick(8, 20, u[0])
+        counts["haemorrhages"] = pick(20, 30, u[1])   # ICDR: > 20 in all four quadrants
+        counts["hard_exudates"] = pick(2, 14, u[2])
+        counts["cotton_wool_spots"] = pick(1, 4, u[3])
         if grade == 4:
             counts["neovascularisation"] = pick(1, 3, u[4])
     return counts
@@ -326,7 +344,7 @@ def generate_fundus(
     disc = (0.5 + side * rng.uniform(0.22, 0.28), 0.5 + rng.normal(0.0, 0.02))
     macula = (0.5 - side * rng.uniform(0.02, 0.06), 0.5 + rng.normal(0.0, 0.015))
     disc_r = rng.uniform(0.055, 0.07)
-    cam = camera.jittered(rng)
+    cam = camera.jittered(np.random.default_rng([int(seed), int(grade), 5]))   # appearance: its own stream
     counts = lesion_counts_for_grade(grade, rng)
     beading = grade >= 3
     segments = _vessel_tree(rng, disc, -side, beading)
@@ -342,9 +360,13 @@ def generate_fundus(
             quad = i % 4
             p = np.array([0.5 + (1 if quad in (0, 3) else -1) * abs(p[0] - 0.5),
                           0.5 + (1 if quad < 2 else -1) * abs(p[1] - 0.5)])
-        rx, ry = rng.uniform(0.008, 0.022), rng.uniform(0.006, 0.014)
-        lesions["haemorrhages"].append(
-            _ellipse_polygon(p[0], p[1], rx, ry, rng.uniform(0, math.pi), 1.0))
+        if rng.random() < 0.4:   # flame: thin, along the nerve fibres that radiate from the disc
+            rx, ry, theta = rng.uniform(0.01, 0.018), rng.uniform(0.0025, 0.004), \
+                math.atan2(p[1] - disc[1], p[0] - disc[0])
+        else:                    # dot-blot: round
+            rx = rng.uniform(0.005, 0.01)
+            ry, theta = rx * rng.uniform(0.75, 1.0), rng.uniform(0, math.pi)
+        lesions["haemorrhages"].append(_ellipse_polygon(p[0], p[1], rx, ry, theta, 1.0))
     ring_centre = (macula[0] + rng.normal(0, 0.05), macula[1] + rng.normal(0, 0.05))
     for p in _spot_positions(rng, counts["hard_exudates"], disc, macula, spread=0.07,
                              around=ring_centre):
@@ -373,6 +395,23 @@ def generate_fundus(
                 x, y = nx, ny
         nv_lines.append(patch)
 
+    # --- what varies between eyes whatever the grade: pigmentation, choroidal tessellation, the
+    # nerve-fibre sheen, and lesion look-alikes (drusen are yellow like exudates, pigment clumps
+    # dark like microaneurysms). With them, colour statistics stop giving the grade away.
+    pigment = rng.uniform(-1.0, 1.0, size=3)
+    tessellation = float(rng.random() ** 2)
+    sheen = float(rng.random() ** 2)
+    n_drusen = int(rng.integers(0, 26)) if rng.random() < 0.5 else 0
+    n_pigment = int(rng.integers(0, 11)) if rng.random() < 0.5 else 0
+    drusen = [_ellipse_polygon(p[0], p[1], r, r, 0.0, 1.0, 10)
+              for p, r in zip(_spot_positions(rng, n_drusen, disc, macula, spread=0.09, around=macula),
+                              rng.uniform(0.003, 0.008, size=n_drusen))]
+    clumps = [_ellipse_polygon(p[0], p[1], r, r * 0.8, 0.0, 1.0, 8)
+              for p, r in zip(_spot_positions(rng, n_pigment, disc, macula, spread=0.4),
+                              rng.uniform(0.003, 0.007, size=n_pigment))]
+    n_dust = int(rng.integers(0, 4))
+    dust = [(*rng.uniform(0.2, 0.8, size=2), rng.uniform(0.015, 0.035)) for _ in range(n_dust)]
+
     # --- raster layers (L mode, 0..255) at render size R
     def layer() -> tuple[Image.Image, ImageDraw.ImageDraw]:
         im = Image.new("L", (R, R), 0)
@@ -396,14 +435,25 @@ def generate_fundus(
             for poly in lesions[kind]:
                 d.polygon([(x * R, y * R) for x, y in poly], fill=255)
         lesion_layers[kind] = im
+    look_alikes: dict[str, Image.Image] = {}
+    for name, polys in (("drusen", drusen), ("pigment", clumps)):
+        im, d = layer()
+        for poly in polys:
+            d.polygon([(x * R, y * R) for x, y in poly], fill=255)
+        look_alikes[name] = im
+    dust_im, dust_d = layer()
+    for x, y, r in dust:
+        dust_d.ellipse([(x - r) * R, (y - r) * R, (x + r) * R, (y + r) * R], fill=255)
 
     # --- colour composition (float32 [R, R, 3])
     yy, xx = np.mgrid[0:R, 0:R].astype(np.float32) / R
     r2 = ((xx - 0.5) ** 2 + (yy - 0.5) ** 2) / 0.46**2
     fov = np.clip((1.0 - r2) * R / 6.0, 0.0, 1.0)  # soft-edged field of view
     texture = _smooth_noise(rng, 10, R) * 0.05 + _smooth_noise(rng, 40, R) * 0.025
-    base = np.array([0.80, 0.36, 0.16], dtype=np.float32)
-    img = base[None, None, :] * (1.0 + texture[..., None])
+    base = np.array([0.80, 0.36, 0.16], dtype=np.float32) * (1.0 + np.array([0.12, 0.3, 0.45]) * pigment)
+    img = base.astype(np.float32)[None, None, :] * (1.0 + texture[..., None])
+    choroid = np.abs(_smooth_noise(rng, 28, R))                      # interlacing choroidal vessels
+    img *= (1.0 - 0.2 * tessellation * np.clip(1.0 - 1.5 * choroid, 0.0, 1.0))[..., None]
     macula_g = np.exp(-((xx - macula[0]) ** 2 + (yy - macula[1]) ** 2) / (2 * 0.075**2))
     img *= (1.0 - 0.38 * macula_g)[..., None]
     fovea_g = np.exp(-((xx - macula[0]) ** 2 + (yy - macula[1]) ** 2) / (2 * 0.008**2))
@@ -426,19 +476,24 @@ def generate_fundus(
         img = img * (1 - a) + a * np.asarray(colour, dtype=np.float32)
 
     blur_r = 0.0015 * R
+    paint(soft(vein_im, 0.012 * R), (0.95, 0.9, 0.85), 0.18 * sheen)    # nerve-fibre reflex
     paint(soft(art_im, blur_r), (0.62, 0.13, 0.08), 0.55)
     paint(soft(vein_im, blur_r), (0.42, 0.05, 0.06), 0.7)
+    paint(soft(look_alikes["drusen"], 0.003 * R), (0.95, 0.85, 0.45), 0.6)
+    paint(soft(look_alikes["pigment"], blur_r), (0.22, 0.1, 0.06), 0.8)
     paint(soft(lesion_layers["neovascularisation"], blur_r * 0.7), (0.5, 0.06, 0.06), 0.8)
     paint(soft(lesion_layers["cotton_wool_spots"], 0.006 * R), (0.95, 0.92, 0.85), 0.75)
     paint(soft(lesion_layers["hard_exudates"], blur_r), (0.98, 0.88, 0.35), 0.9)
     paint(soft(lesion_layers["haemorrhages"], blur_r), (0.38, 0.03, 0.03), 0.85)
-    paint(soft(lesion_layers["microaneurysms"], blur_r * 0.6), (0.45, 0.03, 0.04), 0.95)
+    paint(soft(lesion_layers["microaneurysms"], blur_r * 0.6), (0.45, 0.03, 0.04), 0.85)
 
     # --- camera: illumination, colour, vignette, defocus, gamma, noise
     g_angle = rng.uniform(0, 2 * math.pi)
     grad = 1.0 + cam.gradient * ((xx - 0.5) * math.cos(g_angle) + (yy - 0.5) * math.sin(g_angle)) * 2
     illum = cam.gain * grad * (1.0 - cam.vignette * np.clip(r2, 0, 1) ** 1.5)
     img = img * illum[..., None] * np.asarray(cam.colour, dtype=np.float32)
+    img = img * (1.0 - 0.35 * soft(dust_im, 0.01 * R))[..., None]          # dust on the lens
+    img = img * (1.0 - cam.haze) + cam.haze * np.array([0.9, 0.85, 0.8], dtype=np.float32)
     img = np.clip(img, 0.0, 1.0) * fov[..., None]
     out = Image.fromarray((np.clip(img, 0, 1) ** (1.0 / cam.gamma) * 255 + 0.5).astype(np.uint8), "RGB")
     if cam.blur > 0:
@@ -453,6 +508,12 @@ def generate_fundus(
             Image.fromarray(fov.astype(np.float32), "F").resize((size, size), Image.BILINEAR))
         arr *= (fov_s > 0.01)[..., None]
     image = (np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8)
+    if cam.jpeg:
+        import io
+
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format="JPEG", quality=int(cam.jpeg))
+        image = np.asarray(Image.open(buf).convert("RGB"))
 
     # --- masks at output size: a pixel is lesion when >= 25% of it is covered
     masks: dict[str, np.ndarray] = {}
