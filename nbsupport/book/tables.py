@@ -15,8 +15,7 @@ def profiles_table() -> "Any":
     import pandas as pd
 
     rows = [{"profile": p.name, "weights": "tiny, random" if p.random_weights else "pretrained",
-             "ViT": p.vit, "image px": p.image_size, "train / val / test": f"{p.n_train:,} / {p.n_val:,} / {p.n_test:,}",
-             "epochs": p.epochs, "SD px": p.sd_resolution, "SD steps": f"{p.sd_steps:,}",
-             "classification data": p.default_dataset, "text-to-image data": p.sd_dataset}
+             "ViT": p.vit.split(".")[0], "px (ViT / SD)": f"{p.image_size} / {p.sd_resolution}",
+             "epochs": p.epochs, "data": f"{p.default_dataset}; {p.sd_dataset}"}
             for p in PROFILES.values()]
     return pd.DataFrame(rows).set_index("profile")

@@ -73,7 +73,7 @@ def profile_banner(profile: str, random_weights: bool, provenance: str = "") -> 
     models (the smoke profile), a visible note that the numbers are not results."""
     from IPython.display import Markdown, display
 
-    line = f"<small>{provenance}</small>\n\n" if provenance else ""
+    line = f"<small>{provenance}</small>\n>\n> " if provenance else ""
     if random_weights:
         display(Markdown(
             f"> {line}**Note - profile `{profile}`:** this page was executed with tiny, randomly initialised "
