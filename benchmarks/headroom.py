@@ -40,15 +40,14 @@ BALANCE = (0.40, 0.15, 0.22, 0.10, 0.13)   # the shipped manifests' class balanc
 
 
 def draw(n: int, seed0: int, size: int, camera: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``n`` images ``[n, size, size, 3]`` uint8, grades ``[n]`` and lesion counts ``[n, K+1]``."""
+    """``n`` images ``[n, size, size, 3]`` uint8, grades ``[n]`` and lesion counts + beading ``[n, K+1]``."""
     rng = np.random.default_rng(seed0)
     grades = rng.choice(5, size=n, p=BALANCE)
     imgs, counts = [], []
     for i, g in enumerate(grades):
         s = fundus.generate_fundus(seed0 * 100_003 + i, int(g), size, camera)
         imgs.append(s.image)
-        counts.append([s.counts[k] for k in fundus.LESION_KINDS] + [float("venous_beading" in s.findings)]
-                      + [s.counts.get(k, 0) for k in getattr(fundus, "EXTRA_KINDS", ())])
+        counts.append([s.counts[k] for k in fundus.LESION_KINDS] + [float("venous_beading" in s.findings)])
     return np.stack(imgs), grades, np.asarray(counts, dtype=np.float64)
 
 
