@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nbsupport.core.records import git_commit, write_benchmark  # noqa: E402
 from nbsupport.data import fundus  # noqa: E402
+from nbsupport.vit.probe import probe_qwk as probe  # noqa: E402
 
 BALANCE = (0.40, 0.15, 0.22, 0.10, 0.13)   # the shipped manifests' class balance
 
@@ -124,21 +125,6 @@ def cnn_reference(train_i: np.ndarray, train_y: np.ndarray, test_i: np.ndarray, 
         xt = torch.from_numpy(test_i).permute(0, 3, 1, 2).float().div(255).sub(0.5).div(0.25)
         pred = torch.cat([net(xt[i:i + 256]).argmax(1) for i in range(0, len(xt), 256)]).numpy()
     return float(cohen_kappa_score(test_y, pred, weights="quadratic"))
-
-
-def probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
-    """QWK on the test split of a standardised logistic regression, C by 3-fold CV (QWK)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import cohen_kappa_score, make_scorer
-    from sklearn.model_selection import GridSearchCV
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    qwk = make_scorer(cohen_kappa_score, weights="quadratic")
-    grid = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)),
-                        {"logisticregression__C": [0.01, 0.1, 1.0, 10.0]}, scoring=qwk, cv=3)
-    grid.fit(train_x, train_y)
-    return float(cohen_kappa_score(test_y, grid.predict(test_x), weights="quadratic"))
 
 
 def main(argv: list[str] | None = None) -> int:

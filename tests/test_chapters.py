@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 
 from nbsupport.core.paths import repository_url
@@ -153,14 +154,24 @@ def test_chapter03_every_method_ran(built_book):
     summary = recs["03_benchmark-fundus-procedural"]
     assert set(summary.metrics["methods"]) == {"linear", "full", "vpt_shallow", "vpt_deep", "lora", "adaptformer",
                                                "bitfit", "ssf", "dvpt"}
+    seeds = summary.params["seeds"]
+    assert len(seeds) >= 2
     for m, row in summary.metrics["methods"].items():
-        assert recs[f"03_benchmark-{m}-fundus-procedural"].metrics["test_kappa"] == row["test_kappa"]
+        per_seed = [recs[f"03_benchmark-{m}-fundus-procedural-s{s}"].metrics["test_kappa"] for s in seeds]
+        assert row["per_seed_kappa"] == per_seed and row["seeds"] == len(seeds)
+        assert row["test_kappa"] == pytest.approx(np.mean(per_seed))
+        assert row["test_kappa_std"] == pytest.approx(np.std(per_seed, ddof=1))
+    assert summary.metrics["linear_random_init"] is None          # smoke: the backbone is random already
+    assert len(summary.metrics["findings"]) == 4
 
 
 @pytest.mark.notebooks
 def test_chapter04_fractions_and_storage(built_book):
     rec = _records(built_book[0], "04_label_efficiency")["04_label_efficiency-fundus-procedural"]
     assert len(rec.metrics["kappa"]) == 4 * 4
+    assert len(rec.metrics["per_seed_kappa"]) == 4 * 4 * len(rec.params["seeds"])
+    saved = rec.metrics["labelled_data_saved"]
+    assert saved is None or set(saved) == {"linear", "full", "lora", "dvpt"}
     saved = rec.metrics["storage_saved_at_n_tasks"]
     assert saved["DVPT"] > 0.9 and saved["Full fine-tuning"] == 0.0
 

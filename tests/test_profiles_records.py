@@ -84,7 +84,7 @@ def test_chapter_object_sets_up_and_writes_the_record(capsys):
     assert ch.provenance.startswith("profile smoke | device CPU") and "torch " in ch.provenance
     path = ch.finish(weights="random", metrics={"x": 1.5}, params={"k": 2})
     rec = records.read_record(path)
-    assert (rec.chapter, rec.profile, rec.metrics, rec.params) == ("xx_demo", "smoke", {"x": 1.5}, {"seed": 3, "k": 2})
+    assert (rec.chapter, rec.profile, rec.metrics, rec.params) == ("xx_demo", "smoke", {"x": 1.5}, {"seed": 3, "seeds": [0, 1], "k": 2})
     assert rec.wall_time_s is not None and rec.device["type"] == "cpu"
     assert f"run record: {path.name}" in capsys.readouterr().out
     assert ch.generated_dir("eval", "lora").parts[-5:] == ("generated", "smoke", "fundus-procedural", "eval", "lora")

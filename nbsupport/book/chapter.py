@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import torch
 
@@ -43,6 +43,7 @@ class Chapter:
         profile: the :class:`~nbsupport.core.profiles.Profile` (``ch.profile.image_size``, ...).
         device: where tensors go.
         seed: the chapter's seed (everything was seeded with it at start).
+        seeds: training seeds of method comparisons (the parameter, else the profile's).
         dataset: the manifest name the chapter uses (the parameter, else the profile's default).
         timer: wall time and peak memory since :func:`start`.
         provenance: one line: profile, device, library versions, commit.
@@ -53,6 +54,7 @@ class Chapter:
     device: torch.device
     seed: int
     dataset: str
+    seeds: tuple[int, ...]
     timer: records.RunTimer = field(repr=False)
     provenance: str = ""
 
@@ -66,16 +68,17 @@ class Chapter:
                dataset: str | None = None) -> Path:
         """Write the chapter's run record (profile, device, versions, commit, wall time, peak memory
         come from here) and print its file name; returns its path."""
+        params = {"seed": self.seed, "seeds": list(self.seeds), **(params or {})}
         path = records.write_record(chapter=self.name, profile=self.profile.name, dataset=dataset or self.dataset,
-                                    weights=weights, metrics=metrics, params={"seed": self.seed, **(params or {})},
-                                    timer=self.timer, device=self.device)
+                                    weights=weights, metrics=metrics, params=params, timer=self.timer,
+                                    device=self.device)
         print(f"run record: {path.name}")
         return path
 
 
 def start(name: str, profile: str | Profile, seed: int = 0, dataset: str | None = None,
           task: Task = "classification", device: str | torch.device | None = None,
-          show: bool = True) -> Chapter:
+          show: bool = True, seeds: Sequence[int] | None = None) -> Chapter:
     """Set a chapter up: resolve the profile, pick the device, seed everything, start the timer,
     and display one provenance line with the profile banner.
 
@@ -86,6 +89,7 @@ def start(name: str, profile: str | Profile, seed: int = 0, dataset: str | None 
         dataset: manifest name; ``None`` takes the profile's default for ``task``.
         task: which default dataset applies (``text-to-image`` for the Stable Diffusion chapters).
         device: overrides the automatic choice (CUDA, then MPS, then CPU; ``$NBSUPPORT_DEVICE``).
+        seeds: training seeds where methods are compared; ``None`` takes the profile's.
         show: display the provenance line and the profile banner.
     """
     prof = get_profile(profile)
@@ -93,6 +97,7 @@ def start(name: str, profile: str | Profile, seed: int = 0, dataset: str | None 
     seed_everything(seed)
     default = prof.sd_dataset if task == "text-to-image" else prof.default_dataset
     ch = Chapter(name=name, profile=prof, device=dev, seed=seed, dataset=dataset or default,
+                 seeds=tuple(int(s) for s in (seeds if seeds is not None else prof.seeds)),
                  timer=records.RunTimer(dev), provenance=provenance_line(prof, dev))
     if show:
         from nbsupport.book.viz import profile_banner

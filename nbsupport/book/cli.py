@@ -5,6 +5,7 @@ Commands:
     book [--profile P]                              execute every chapter, build the website
     data list | describe NAME | verify NAME | fetch NAME
     info                                            versions, device, profiles
+    pretrain [--minutes M] [--export PATH] [--smoke]  pretrain the pocket ViT (resumable)
 """
 
 from __future__ import annotations
@@ -46,6 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--max-images", type=int, default=None)
 
     sub.add_parser("info", help="versions, device and profiles")
+
+    pre = sub.add_parser("pretrain", help="pretrain the pocket foundation ViT (resumable; a GPU in practice)")
+    pre.add_argument("--out", type=Path, default=None, help="checkpoint folder (default: the cache)")
+    pre.add_argument("--minutes", type=float, default=None, help="stop after this long; run again to resume")
+    pre.add_argument("--steps", type=int, default=None, help="override the recipe's steps (a different run)")
+    pre.add_argument("--device", default=None)
+    pre.add_argument("--export", type=Path, default=None,
+                     help="when finished, write the fp16 backbone here (+ .json record)")
+    pre.add_argument("--smoke", action="store_true", help="a few seconds: checks the loop, teaches nothing")
 
     params = sub.add_parser("params", help="parameter tables (see nbsupport.vit.methods)")
     params.add_argument("family", choices=["vit", "sd"])
@@ -142,10 +152,34 @@ def _cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    """``nbsupport pretrain``: the pocket ViT's recipe, resumable; exports when finished."""
+    import dataclasses
+
+    from nbsupport.core.paths import cache_dir
+    from nbsupport.vit import pretrain as pt
+
+    cfg = pt.PretrainConfig.smoke() if args.smoke else pt.PretrainConfig()
+    if args.steps is not None:
+        cfg = dataclasses.replace(cfg, steps=args.steps)
+    out = args.out or cache_dir() / "pocket-pretrain"
+    state = pt.pretrain(cfg, out, device=args.device, max_minutes=args.minutes)
+    print(f"step {state['step']}/{cfg.steps} after {state['elapsed_s'] / 60:.1f} min; checkpoints in {out / cfg.key}")
+    for p in state["probes"]:
+        print(f"  probe at step {p['step']:6d}: QWK cls {p['cls']:.3f}  cls+mean {p['cls+mean']:.3f}")
+    if not state["done"]:
+        print("not finished: run the same command again to resume")
+        return 0
+    if args.export:
+        rec = pt.export_weights(out / cfg.key, args.export, {"device": state["device"]})
+        print(f"exported {args.export} (sha256 {rec['sha256']})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"run": _cmd_run, "book": _cmd_book, "data": _cmd_data, "info": _cmd_info,
-               "params": _cmd_params}[args.command]
+               "params": _cmd_params, "pretrain": _cmd_pretrain}[args.command]
     return handler(args)
 
 

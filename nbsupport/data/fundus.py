@@ -41,6 +41,7 @@ __all__ = [
     "GRADE_NAMES",
     "GRADE_SHORT",
     "LESION_KINDS",
+    "LOOK_ALIKES",
     "CameraModel",
     "CAMERA_PRESETS",
     "FundusSample",
@@ -65,6 +66,8 @@ LESION_KINDS: tuple[str, ...] = (
     "cotton_wool_spots",
     "neovascularisation",
 )
+# Findings that are not diabetic retinopathy but look like it (yellow drusen, dark pigment clumps).
+LOOK_ALIKES: tuple[str, ...] = ("drusen", "pigment_clumps")
 _LESION_WORDS = {
     "microaneurysms": "microaneurysms",
     "haemorrhages": "haemorrhages",
@@ -158,7 +161,8 @@ class FundusSample:
         counts: lesion kind -> number of lesions drawn.
         findings: lesion kinds present, in :data:`LESION_KINDS` order (+ ``venous_beading``).
         seed: the seed it was drawn from.
-        meta: eye side, disc and macula centres (normalised), camera parameters.
+        meta: eye side, disc and macula centres and disc radius (normalised), ``centres`` (kind ->
+            list of ``(x, y)`` normalised centres, for every lesion kind and look-alike), camera parameters.
     """
 
     image: np.ndarray
@@ -351,9 +355,11 @@ def generate_fundus(
 
     # --- lesion geometry
     lesions: dict[str, list[list[tuple[float, float]]]] = {k: [] for k in LESION_KINDS}
+    centres: dict[str, list[tuple[float, float]]] = {k: [] for k in (*LESION_KINDS, *LOOK_ALIKES)}
     for p in _spot_positions(rng, counts["microaneurysms"], disc, macula, spread=0.3):
         r = rng.uniform(0.004, 0.0065)
         lesions["microaneurysms"].append(_ellipse_polygon(p[0], p[1], r, r, 0.0, 1.0, 10))
+        centres["microaneurysms"].append((float(p[0]), float(p[1])))
     # severe grades: haemorrhages spread over all four quadrants
     for i, p in enumerate(_spot_positions(rng, counts["haemorrhages"], disc, macula, spread=0.42)):
         if grade >= 3:
@@ -367,16 +373,19 @@ def generate_fundus(
             rx = rng.uniform(0.005, 0.01)
             ry, theta = rx * rng.uniform(0.75, 1.0), rng.uniform(0, math.pi)
         lesions["haemorrhages"].append(_ellipse_polygon(p[0], p[1], rx, ry, theta, 1.0))
+        centres["haemorrhages"].append((float(p[0]), float(p[1])))
     ring_centre = (macula[0] + rng.normal(0, 0.05), macula[1] + rng.normal(0, 0.05))
     for p in _spot_positions(rng, counts["hard_exudates"], disc, macula, spread=0.07,
                              around=ring_centre):
         r = rng.uniform(0.004, 0.011)
         lesions["hard_exudates"].append(
             _ellipse_polygon(p[0], p[1], r, r * rng.uniform(0.6, 1.0), rng.uniform(0, math.pi), 1.0, 10))
+        centres["hard_exudates"].append((float(p[0]), float(p[1])))
     for p in _spot_positions(rng, counts["cotton_wool_spots"], disc, macula, spread=0.3):
         rx, ry = rng.uniform(0.018, 0.03), rng.uniform(0.012, 0.02)
         lesions["cotton_wool_spots"].append(
             _ellipse_polygon(p[0], p[1], rx, ry, rng.uniform(0, math.pi), 1.0))
+        centres["cotton_wool_spots"].append((float(p[0]), float(p[1])))
     nv_lines: list[list[tuple[float, float, float, float]]] = []
     for j in range(counts["neovascularisation"]):
         if j == 0 and rng.random() < 0.6:  # on the disc (NVD)
@@ -384,6 +393,7 @@ def generate_fundus(
         else:  # elsewhere (NVE), along an arcade
             seg = segments[int(rng.integers(0, len(segments)))]
             c = np.array([seg[0], seg[1]])
+        centres["neovascularisation"].append((float(c[0]), float(c[1])))
         patch: list[tuple[float, float, float, float]] = []
         for _ in range(int(rng.integers(10, 16))):
             x, y = c + rng.normal(0, 0.012, size=2)
@@ -403,12 +413,14 @@ def generate_fundus(
     sheen = float(rng.random() ** 2)
     n_drusen = int(rng.integers(0, 26)) if rng.random() < 0.5 else 0
     n_pigment = int(rng.integers(0, 11)) if rng.random() < 0.5 else 0
+    drusen_at = _spot_positions(rng, n_drusen, disc, macula, spread=0.09, around=macula)
     drusen = [_ellipse_polygon(p[0], p[1], r, r, 0.0, 1.0, 10)
-              for p, r in zip(_spot_positions(rng, n_drusen, disc, macula, spread=0.09, around=macula),
-                              rng.uniform(0.003, 0.008, size=n_drusen))]
+              for p, r in zip(drusen_at, rng.uniform(0.003, 0.008, size=n_drusen))]
+    clumps_at = _spot_positions(rng, n_pigment, disc, macula, spread=0.4)
     clumps = [_ellipse_polygon(p[0], p[1], r, r * 0.8, 0.0, 1.0, 8)
-              for p, r in zip(_spot_positions(rng, n_pigment, disc, macula, spread=0.4),
-                              rng.uniform(0.003, 0.007, size=n_pigment))]
+              for p, r in zip(clumps_at, rng.uniform(0.003, 0.007, size=n_pigment))]
+    centres["drusen"] = [(float(p[0]), float(p[1])) for p in drusen_at]
+    centres["pigment_clumps"] = [(float(p[0]), float(p[1])) for p in clumps_at]
     n_dust = int(rng.integers(0, 4))
     dust = [(*rng.uniform(0.2, 0.8, size=2), rng.uniform(0.015, 0.035)) for _ in range(n_dust)]
 
@@ -533,7 +545,7 @@ def generate_fundus(
         counts=counts,
         findings=findings,
         seed=int(seed),
-        meta={"eye": eye, "disc": disc, "macula": macula, "disc_radius": disc_r,
+        meta={"eye": eye, "disc": disc, "macula": macula, "disc_radius": disc_r, "centres": centres,
               "camera": {"gain": cam.gain, "colour": cam.colour, "gamma": cam.gamma,
                          "vignette": cam.vignette, "blur": cam.blur}},
     )

@@ -1,8 +1,9 @@
 """Vision Transformer backbones by timm name, with honest weights.
 
 ``create_vit`` builds a timm ViT for a classification task. Pretrained weights come from the
-Hugging Face hub through timm (optionally pinned to a revision, ``name@revision``) or from a local
-file; when they cannot be had, the error says so and names the fix. Random weights are used only
+Hugging Face hub through timm (optionally pinned to a revision, ``name@revision``), from a local
+file, or, for the book's pocket ViT (``pocket-fundus-vit``), from the package itself, checked
+against its sha256; when they cannot be had, the error says so and names the fix. Random weights are used only
 when asked for (``pretrained=False``, e.g. by the ``smoke`` profile), and :func:`weights_label`
 says which weights a model carries, for run records.
 """
@@ -13,12 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import hashlib
+import warnings
+
+import safetensors.torch
 import timm
 import torch
+from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 __all__ = ["BackboneSpec", "BACKBONES", "WeightsUnavailableError", "create_vit", "weights_label",
-           "TINY_VIT_KWARGS", "data_config"]
+           "TINY_VIT_KWARGS", "POCKET_ARCH", "pocket_architecture", "data_config", "sha256_of",
+           "weights_dir"]
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -30,14 +37,18 @@ class BackboneSpec:
     """A named backbone choice.
 
     Attributes:
-        timm_name: timm model name with pretrained tag.
+        timm_name: timm model name with pretrained tag (for a shipped model: its own name).
         revision: hub revision (commit) to pin, or None for the tag's default.
         description: one line for tables.
+        file: for weights shipped inside the package: the file under ``nbsupport/weights/``.
+        sha256: the shipped file's hash, checked at every load.
     """
 
     timm_name: str
     revision: str | None
     description: str
+    file: str | None = None
+    sha256: str | None = None
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -48,10 +59,87 @@ BACKBONES: dict[str, BackboneSpec] = {
     "in21k-ft-vit-b16": BackboneSpec("vit_base_patch16_224.augreg2_in21k_ft_in1k", None,
                                      "ViT-B/16, ImageNet-21k then fine-tuned on ImageNet-1k"),
     "vit-s16": BackboneSpec("vit_small_patch16_224.augreg_in21k", None, "ViT-S/16, ImageNet-21k (AugReg)"),
+    "pocket-fundus-vit": BackboneSpec(
+        "pocket-fundus-vit", None, "the book's pocket ViT (patch 8, width 192, depth 6, 64 px), "
+        "pretrained by nbsupport.vit.pretrain on procedural source-domain eyes; ships in the package",
+        file="pocket-fundus-vit.safetensors", sha256=None),
 }
 
 # The smoke profile's tiny ViT: same code path as ViT-B/16, a few thousand times cheaper.
 TINY_VIT_KWARGS: dict[str, Any] = {"embed_dim": 96, "depth": 4, "num_heads": 3}
+
+# The book's pocket foundation ViT (pretrained by nbsupport.vit.pretrain): ViT-B/16's code at
+# 1/30 of its width x depth, 8 x 8 patches of a 64 px image.
+POCKET_ARCH: dict[str, Any] = {"img_size": 64, "patch_size": 8, "embed_dim": 192, "depth": 6, "num_heads": 3}
+POCKET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+POCKET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+def pocket_architecture(num_classes: int = 0, img_size: int | None = None, **kwargs: Any) -> nn.Module:
+    """The pocket ViT's architecture (a timm ``VisionTransformer``), randomly initialised.
+
+    Its pretrained config carries the normalisation the pocket weights were trained with, so
+    :func:`data_config` and every data pipeline of the book read it from the model.
+    """
+    arch = {**POCKET_ARCH, **({"img_size": img_size} if img_size else {}), **kwargs}
+    size = arch["img_size"]
+    return timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=num_classes,
+        pretrained_cfg_overlay={"mean": POCKET_MEAN, "std": POCKET_STD, "input_size": (3, size, size),
+                                "crop_pct": 1.0}, **arch)
+
+
+def weights_dir() -> Path:
+    """Where the package's shipped weights live (``nbsupport/weights``)."""
+    return Path(__file__).resolve().parent.parent / "weights"
+
+
+def sha256_of(path: str | Path) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _create_shipped(spec: BackboneSpec, name: str, num_classes: int, pretrained: bool,
+                    img_size: int | None, weights_path: str | Path | None, **kwargs: Any) -> nn.Module:
+    """A backbone whose weights ship inside the package (the pocket ViT), hash-checked."""
+    size = img_size or POCKET_ARCH["img_size"]
+    model = pocket_architecture(num_classes=num_classes, img_size=size, **kwargs)
+    if not pretrained and weights_path is None:
+        model.nbsupport_weights = "random"  # type: ignore[attr-defined]
+        return model
+    path = Path(weights_path).expanduser() if weights_path is not None else weights_dir() / str(spec.file)
+    reproduce = (f"reproduce it with `python -m nbsupport pretrain --export {path}` (a GPU in practice), "
+                 f"or pass pretrained=False for random weights (and say so in your results)")
+    if not path.is_file():
+        raise WeightsUnavailableError(f"{name}: weights file {path} is missing. Reinstall nbsupport from a "
+                                      f"complete checkout (git lfs is not used; the file is in git), or {reproduce}")
+    digest = sha256_of(path)
+    if weights_path is None and digest != spec.sha256:
+        raise WeightsUnavailableError(f"{name}: {path} has sha256 {digest[:16]}..., expected {spec.sha256[:16]}... "
+                                      f"(corrupted, truncated or replaced). Restore it with `git checkout -- {path.name}` "
+                                      f"in nbsupport/weights, or {reproduce}")
+    state = safetensors.torch.load_file(str(path))
+    pos = state["pos_embed"]
+    grid = size // POCKET_ARCH["patch_size"]
+    if pos.shape[1] != 1 + grid * grid:
+        old = int(round((pos.shape[1] - 1) ** 0.5))
+        warnings.warn(f"{name} was pretrained at {old * POCKET_ARCH['patch_size']} px; its position embeddings "
+                      f"are interpolated (bicubic) from {old}x{old} to {grid}x{grid} patches for img_size={size}. "
+                      "Features at another resolution are not what was pretrained (lesions change size in pixels).",
+                      stacklevel=3)
+        state["pos_embed"] = resample_abs_pos_embed(pos.float(), new_size=(grid, grid), num_prefix_tokens=1)
+    missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    bad_missing = [k for k in missing if not k.startswith("head.")]
+    if bad_missing or unexpected:
+        raise WeightsUnavailableError(f"{name}: {path} does not fit the pocket architecture "
+                                      f"(missing {bad_missing[:4]}, unexpected {unexpected[:4]}); {reproduce}")
+    model.nbsupport_weights = (f"local:{path}" if weights_path is not None  # type: ignore[attr-defined]
+                               else f"pretrained:{name}@sha256:{digest[:16]}")
+    return model
 
 
 def _resolve(name: str) -> tuple[str, str | None]:
@@ -76,7 +164,8 @@ def create_vit(
     """Create a timm ViT with a fresh ``num_classes`` head.
 
     Args:
-        name: a key of :data:`BACKBONES`, or any timm ViT name (``name@revision`` pins a revision).
+        name: a key of :data:`BACKBONES` (``pocket-fundus-vit`` loads offline from the package), or
+            any timm ViT name (``name@revision`` pins a revision).
         num_classes: classes of the task (the head is new and randomly initialised).
         pretrained: load hub weights; False builds the architecture with random weights.
         img_size: input resolution (position embeddings are resampled by timm when it differs).
@@ -86,7 +175,15 @@ def create_vit(
     Raises:
         WeightsUnavailableError: naming the model and the fixes when weights can't be loaded.
     """
+    spec = BACKBONES.get(name)
+    if spec is not None and spec.file is not None:
+        if tiny:
+            raise ValueError(f"tiny=True builds a shrunken architecture; {name!r} is already small")
+        return _create_shipped(spec, name, num_classes, pretrained, img_size, weights_path, **kwargs)
     timm_name, revision = _resolve(name)
+    if not timm.is_model(timm_name.split(".")[0]):
+        raise ValueError(f"unknown backbone {name!r}: expected one of {', '.join(BACKBONES)} or a timm "
+                         "ViT name (see timm.list_models('vit_*'))")
     extra: dict[str, Any] = dict(kwargs)
     if img_size is not None:
         extra["img_size"] = img_size

@@ -25,14 +25,15 @@ from nbsupport.core.profiles import Profile, get_profile
 from nbsupport.vit.train import TrainConfig, train_classifier
 
 __all__ = ["ClassificationData", "Backbone", "make_backbone", "load_classification_data", "label_subset",
-           "run_method", "default_train_config"]
+           "run_method", "run_seeds", "summarise", "versus", "default_train_config"]
 
 
 @dataclass
 class Backbone:
-    """How to build the chapter's model: ``factory()`` returns a fresh ViT with a task head."""
+    """How to build the chapter's model: ``factory(seed=None)`` returns a fresh ViT with a task
+    head (initialised from ``seed``, default the backbone's own seed)."""
 
-    factory: Callable[[], nn.Module]
+    factory: Callable[..., nn.Module]
     name: str
     weights: str
     mean: tuple[float, ...]
@@ -50,13 +51,14 @@ def make_backbone(profile: str | Profile, num_classes: int, backbone: str | None
     """
     p = get_profile(profile)
     name = backbone or p.vit
-    name = BACKBONES[name].timm_name if name in BACKBONES else name
+    if name in BACKBONES and BACKBONES[name].file is None:
+        name = BACKBONES[name].timm_name
     tiny = p.random_weights and backbone is None
     use_pretrained = (not p.random_weights) if pretrained is None else pretrained
     size = image_size or p.image_size
 
-    def factory() -> nn.Module:
-        torch.manual_seed(seed)
+    def factory(seed_: int | None = None) -> nn.Module:
+        torch.manual_seed(seed if seed_ is None else seed_)
         return create_vit(name, num_classes, pretrained=use_pretrained and not tiny, img_size=size,
                           weights_path=weights_path, tiny=tiny)
 
@@ -174,10 +176,11 @@ def run_method(
     train_config = train_config or default_train_config(profile, method)
     train_set = train_set if train_set is not None else data.train
     timer = records.RunTimer(device)
-    model = backbone.factory()
+    model = backbone.factory(train_config.seed)      # the head (and a random backbone) drawn from the run's seed
     backbone_n = count_parameters(model) - sum(p.numel() for p in model.get_classifier().parameters())
+    torch.manual_seed(train_config.seed)
     model = methods.adapt(model, method, **(config or {}))
-    key = run_key(chapter, profile, data.dataset, backbone.name, backbone.weights, method,
+    key = run_key("seeded-init", chapter, profile, data.dataset, backbone.name, backbone.weights, method,
                    model.nbsupport_method, asdict(train_config), len(train_set), label, extra_params)
     slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in (label or method))
     ckpt = cache_dir() / "checkpoints" / chapter / f"{slug}-{key}"
@@ -201,7 +204,7 @@ def run_method(
         "checkpoint": res.checkpoint,
     }
     if record:
-        name = f"{chapter}-{label or method}-{data.dataset}".replace(" ", "_")
+        name = f"{chapter}-{label or method}-{data.dataset}-s{train_config.seed}".replace(" ", "_")
         path = records.write_record(
             chapter=chapter, profile=profile, dataset=data.dataset, weights=backbone.weights,
             method=method, metrics={k: v for k, v in row.items() if k not in ("method", "label", "checkpoint")},
@@ -214,14 +217,53 @@ def run_method(
     return row
 
 
+def run_seeds(method: str, backbone: Backbone, data: ClassificationData, profile: str, chapter: str,
+              device: torch.device | str, seeds: Sequence[int], epochs: int | None = None,
+              **kwargs: Any) -> list[dict[str, Any]]:
+    """:func:`run_method` once per seed (data order, dropout and new modules drawn from it), with
+    the profile's schedule; returns one row per seed, each with its ``seed``."""
+    rows = []
+    extra_params = kwargs.pop("extra_params", None) or {}
+    for s in seeds:
+        cfg = default_train_config(profile, method, epochs=epochs, seed=s)
+        extra = {**extra_params, "seed": s}
+        rows.append({**run_method(method, backbone, data, profile, chapter, device, train_config=cfg,
+                                  extra_params=extra, **kwargs), "seed": s})
+    return rows
+
+
+SCORES = ("test_kappa", "test_accuracy", "test_auc", "test_f1")
+
+
 def summarise(rows: Sequence[dict[str, Any]]) -> "pandas.DataFrame":  # noqa: F821
-    """A tidy table of ``run_method`` rows (no history)."""
+    """One line per label: test metrics as mean and ``_std`` over seeds (std is NaN for one seed),
+    ``seeds`` (how many), trainable parameters, checkpoint bytes, mean step time, peak memory."""
     import pandas as pd
 
-    cols = ["label", "test_kappa", "test_accuracy", "test_auc", "test_f1", "trainable", "trainable_pct",
-            "checkpoint_bytes", "step_time_s", "peak_memory_bytes"]
+    cols = ["label", *SCORES, "trainable", "trainable_pct", "checkpoint_bytes", "step_time_s", "peak_memory_bytes"]
     df = pd.DataFrame([{k: r.get(k) for k in cols} for r in rows])
-    return df.set_index("label")
+    for c in cols[1:]:
+        df[c] = pd.to_numeric(df[c], errors="coerce")
+    g = df.groupby("label", sort=False)
+    out = g[list(SCORES)].mean()
+    for c in SCORES:
+        out.insert(out.columns.get_loc(c) + 1, f"{c}_std", g[c].std(ddof=1))
+    out["seeds"] = g.size()
+    out[["trainable", "trainable_pct", "checkpoint_bytes"]] = g[["trainable", "trainable_pct", "checkpoint_bytes"]].first()
+    out["step_time_s"] = g["step_time_s"].mean()
+    out["peak_memory_bytes"] = g["peak_memory_bytes"].max()
+    return out
+
+
+def versus(table: "pandas.DataFrame", a: str, b: str, metric: str = "test_kappa") -> str:  # noqa: F821
+    """One sentence comparing rows ``a`` and ``b`` of a :func:`summarise` table: the difference of
+    means, and whether it exceeds twice the seed spread of the difference (``sqrt(std_a^2 + std_b^2)``)."""
+    d = table.loc[a, metric] - table.loc[b, metric]
+    spread = float(np.hypot(table.loc[a, f"{metric}_std"], table.loc[b, f"{metric}_std"]))
+    if spread != spread:                                              # one seed: no spread to compare with
+        return f"{a} - {b}: {d:+.3f} {metric} (one seed: no estimate of the noise)"
+    verdict = "larger than the seed noise" if abs(d) > 2 * spread else "within the seed noise"
+    return f"{a} - {b}: {d:+.3f} {metric} (spread over seeds +-{spread:.3f}: {verdict})"
 
 
 class GeneratedImages(Dataset):
