@@ -17,6 +17,20 @@ def test_data_list(capsys):
     assert "fundus-procedural" in out and "retinamnist-224" in out and "manual" in out
 
 
+def test_data_list_reports_an_invalid_manifest_and_lists_the_rest(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from nbsupport.data import manifests
+
+    shutil.copy(manifests.manifests_dir() / "fundus-procedural.yaml", tmp_path / "fundus-procedural.yaml")
+    (tmp_path / "broken.yaml").write_text("name: broken\ntasks: [classification]\n")
+    monkeypatch.setattr(manifests, "manifests_dir", lambda: tmp_path)
+    assert main(["data", "list"]) == 2
+    out = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("broken") and "INVALID" in line for line in out)
+    assert any(line.startswith("fundus-procedural") and "synthetic" in line for line in out)
+
+
 def test_data_describe(capsys):
     assert main(["data", "describe", "aptos2019"]) == 0
     out = capsys.readouterr().out
@@ -69,6 +83,15 @@ def test_run_failing_cell_fails_the_command(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 1
     assert "ValueError: the answer is 1" in out.stderr
+
+
+def test_unknown_parameter_fails_before_running(tmp_path, capsys):
+    nb = tmp_path / "ch.ipynb"
+    _notebook(nb, "open('ran', 'w').write('yes')")
+    assert main(["run", str(nb), "-p", "vlaue", "3", "--output", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "no parameter(s) ['vlaue']" in err and "profile, value" in err
+    assert not (tmp_path / "ran").exists()
 
 
 def test_unknown_profile_rejected(capsys):

@@ -234,3 +234,13 @@ def test_adaptformer_reads_the_input_the_official_code_reads(inp):
     assert ad.dropout.p == 0.1 and ad.scale == 0.1
     with pytest.raises(ValueError, match="input='ln'"):
         methods.adapt(copy.deepcopy(base), "adaptformer", input="ln")
+
+
+def test_unknown_method_names_fail_before_any_training():
+    assert methods.check_names(["dvpt", "lora"]) == ["dvpt", "lora"]
+    with pytest.raises(ValueError, match=r"unknown method\(s\) \['dvtp'\].*linear, full"):
+        methods.check_names(["dvpt", "dvtp"])
+    from nbsupport.vit.experiment import default_train_config
+
+    with pytest.raises(ValueError, match="unknown method"):
+        default_train_config("smoke", "lorra")

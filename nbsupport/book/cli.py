@@ -97,10 +97,16 @@ def _cmd_data(args: argparse.Namespace) -> int:
     from nbsupport.data import datasets, manifests
 
     if args.data_command == "list":
+        bad = 0
         for name in manifests.list_manifests():
-            m = manifests.load_manifest(name)
+            try:
+                m = manifests.load_manifest(name)
+            except (manifests.ManifestError, OSError, ValueError) as exc:   # one bad file never hides the others
+                bad += 1
+                print(f"{name:28s} INVALID    {exc}")
+                continue
             print(f"{name:28s} {m['source']['type']:10s} {', '.join(m.tasks):45s} {m['title']}")
-        return 0
+        return 2 if bad else 0
     try:
         m = manifests.load_manifest(args.name)
         if args.data_command == "describe":

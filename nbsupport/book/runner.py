@@ -120,6 +120,10 @@ def execute_chapter(
     if profile is not None:
         get_profile(profile)
         params["profile"] = profile
+    known = pm.inspect_notebook(str(nb))
+    unknown = sorted(set(params) - set(known))
+    if unknown:                                     # before any work: a typo never runs the defaults silently
+        raise ChapterFailed(f"{nb.name} has no parameter(s) {unknown}; its parameters: {', '.join(known)}")
     output = out_dir / nb.name
     before = {p: p.stat().st_mtime for p in rec_dir.glob("*.json")}
     old_env = os.environ.get(RECORDS_ENV)

@@ -62,7 +62,8 @@ BACKBONES: dict[str, BackboneSpec] = {
     "pocket-fundus-vit": BackboneSpec(
         "pocket-fundus-vit", None, "the book's pocket ViT (patch 8, width 192, depth 6, 64 px), "
         "pretrained by nbsupport.vit.pretrain on procedural source-domain eyes; ships in the package",
-        file="pocket-fundus-vit.safetensors", sha256=None),
+        file="pocket-fundus-vit.safetensors",
+        sha256="2b00c291fa0b2f849a91b202d41c947b82d9cba313f2b2aabc80e5c1922aedb5"),
 }
 
 # The smoke profile's tiny ViT: same code path as ViT-B/16, a few thousand times cheaper.

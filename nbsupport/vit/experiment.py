@@ -137,6 +137,7 @@ def label_subset(dataset: Dataset, fraction: float, seed: int = 0) -> Dataset:
 def default_train_config(profile: str | Profile, method: str, **overrides: Any) -> TrainConfig:
     """The profile's epochs and batch size with the method's learning rate."""
     p = get_profile(profile)
+    methods.check_names([method])
     cfg = TrainConfig(epochs=p.epochs, batch_size=p.batch_size, lr=methods.METHODS[method].lr,
                       num_workers=p.num_workers, amp=p.mixed_precision,
                       warmup_epochs=min(1.0, p.epochs / 5))

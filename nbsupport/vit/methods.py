@@ -26,7 +26,7 @@ from nbsupport.vit.adapters.vpt import apply_vpt
 from nbsupport.vit.backbones import count_parameters, freeze
 from nbsupport.core.checkpoints import load_into, save_tensors
 
-__all__ = ["MethodSpec", "METHODS", "adapt", "trainable_parameters", "trainable_state_dict",
+__all__ = ["check_names", "MethodSpec", "METHODS", "adapt", "trainable_parameters", "trainable_state_dict",
            "checkpoint_bytes", "parameter_table", "save_trainable", "load_trainable"]
 
 
@@ -127,6 +127,19 @@ METHODS: dict[str, MethodSpec] = {
                    DVPTConfig().to_dict(), _with_new_params(_dvpt), 5e-4),
     ]
 }
+
+
+def check_names(names: Any) -> list[str]:
+    """Validate a list of method names before any training starts; returns it as a list.
+
+    Raises:
+        ValueError: naming the unknown methods and the valid ones.
+    """
+    names = [names] if isinstance(names, str) else list(names)
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}: expected some of {', '.join(METHODS)}")
+    return names
 
 
 def adapt(model: nn.Module, method: str, **config: Any) -> nn.Module:
