@@ -162,4 +162,6 @@ def test_shipped_pocket_weights_load_offline_and_grade_a_procedural_eye(monkeypa
         logits = model(x)
     assert logits.shape == (1, 5) and torch.isfinite(logits).all()
     record = pretrain.shipped_record()
-    assert record["sha256"] == BACKBONES["pocket-fundus-vit"].sha256 and record["done"]
+    assert record["sha256"] == BACKBONES["pocket-fundus-vit"].sha256
+    assert record["step"] == record["config"]["steps"] == pretrain.PretrainConfig().steps
+    assert record["probes"][-1]["cls"] > max(r["cls"] for r in record["random_init_probes"]) + 0.2
