@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("diffusers")
 
 from nbsupport.data.datasets import build_dataset  # noqa: E402
-from nbsupport.sd.methods import LORA_TARGETS, SD_METHODS, load_trainable, prepare, save_trainable  # noqa: E402
+from nbsupport.sd.methods import LORA_TARGETS, SD_METHODS, ScaledBranch, load_trainable, prepare, save_trainable  # noqa: E402
 from nbsupport.sd.models import build_sd15, build_tiny  # noqa: E402
 from nbsupport.sd.sampling import sample  # noqa: E402
 from nbsupport.sd.train import SDTrainConfig, denoising_loss, train_sd  # noqa: E402
@@ -85,7 +85,7 @@ def test_difffit_is_biases_norms_and_scales(sd15_counts):
     comp, groups = sd15_counts["difffit"]
     names = {n for n, p in comp.unet.named_parameters() if p.requires_grad}
     biases = {n for n in names if n.endswith("bias")}
-    scales = {n for n in names if "difffit_gamma" in n}
+    scales = {n for n in names if n.endswith(".gamma")}
     norms = names - biases - scales
     assert len(biases) and len(scales) and len(norms)
     assert all(isinstance(comp.unet.get_submodule(n.rsplit(".", 1)[0]), (torch.nn.GroupNorm, torch.nn.LayerNorm))
@@ -93,6 +93,29 @@ def test_difffit_is_biases_norms_and_scales(sd15_counts):
     blocks = [m for m in comp.unet.modules() if isinstance(m, BasicTransformerBlock)]
     assert len(scales) == 3 * len(blocks) == 48
     assert sum(p.numel() for n, p in comp.unet.named_parameters() if n in biases) == 343_684
+    assert all(isinstance(getattr(b, br), ScaledBranch) for b in blocks for br in ("attn1", "attn2", "ff"))
+
+
+def test_difffit_scales_survive_a_deep_copy_and_scale_the_branch():
+    import copy
+
+    from diffusers.models.attention import BasicTransformerBlock
+
+    block = BasicTransformerBlock(16, 2, 8, cross_attention_dim=12)
+    x, ctx = torch.randn(2, 5, 16), torch.randn(2, 3, 12)
+    before = block(x, encoder_hidden_states=ctx)
+    from nbsupport.sd.methods import _add_difffit_scales
+
+    scales = _add_difffit_scales(block)
+    assert len(scales) == 3 and torch.allclose(block(x, encoder_hidden_states=ctx), before, atol=1e-6)  # gamma = 1
+    twin = copy.deepcopy(block)                                        # what an EMA copy does
+    with torch.no_grad():
+        for g in scales:
+            g.zero_()
+    zeroed = block(x, encoder_hidden_states=ctx)
+    assert torch.allclose(zeroed, x, atol=1e-6)                         # every branch off: the identity
+    assert torch.allclose(twin(x, encoder_hidden_states=ctx), before, atol=1e-6)   # the copy keeps its own scales
+    assert any(k.endswith("attn2.gamma") for k in twin.state_dict())
 
 
 # ----------------------------------------------------------------------------- tiny pipeline

@@ -6,6 +6,7 @@ Commands:
     data list | describe NAME | verify NAME | fetch NAME
     info                                            versions, device, profiles
     pretrain [--minutes M] [--export PATH] [--smoke]  pretrain the pocket ViT (resumable)
+    pretrain-sd [--minutes M] [--export PATH] [--smoke]  pretrain the pocket Stable Diffusion (resumable)
 """
 
 from __future__ import annotations
@@ -48,14 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("info", help="versions, device and profiles")
 
-    pre = sub.add_parser("pretrain", help="pretrain the pocket foundation ViT (resumable; a GPU in practice)")
-    pre.add_argument("--out", type=Path, default=None, help="checkpoint folder (default: the cache)")
-    pre.add_argument("--minutes", type=float, default=None, help="stop after this long; run again to resume")
-    pre.add_argument("--steps", type=int, default=None, help="override the recipe's steps (a different run)")
-    pre.add_argument("--device", default=None)
-    pre.add_argument("--export", type=Path, default=None,
-                     help="when finished, write the fp16 backbone here (+ .json record)")
-    pre.add_argument("--smoke", action="store_true", help="a few seconds: checks the loop, teaches nothing")
+    for cmd, what in (("pretrain", "the pocket foundation ViT"), ("pretrain-sd", "the pocket Stable Diffusion")):
+        pre = sub.add_parser(cmd, help=f"pretrain {what} (resumable; a GPU in practice)")
+        pre.add_argument("--out", type=Path, default=None, help="checkpoint folder (default: the cache)")
+        pre.add_argument("--minutes", type=float, default=None, help="stop after this long; run again to resume")
+        pre.add_argument("--steps", type=int, default=None, help="override the recipe's steps (a different run)")
+        pre.add_argument("--device", default=None)
+        pre.add_argument("--export", type=Path, default=None,
+                         help="when finished, write the fp16 weights here (+ .json record)")
+        pre.add_argument("--smoke", action="store_true", help="a few seconds: checks the loop, teaches nothing")
 
     params = sub.add_parser("params", help="parameter tables (see nbsupport.vit.methods)")
     params.add_argument("family", choices=["vit", "sd"])
@@ -182,10 +184,38 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pretrain_sd(args: argparse.Namespace) -> int:
+    """``nbsupport pretrain-sd``: the pocket Stable Diffusion's recipe, resumable; exports when finished."""
+    import dataclasses
+
+    from nbsupport.core.paths import cache_dir
+    from nbsupport.sd import pretrain as pt
+
+    cfg = pt.SDPretrainConfig.smoke() if args.smoke else pt.SDPretrainConfig()
+    if args.steps is not None:
+        cfg = dataclasses.replace(cfg, steps=args.steps)
+    out = args.out or cache_dir() / "pocket-sd-pretrain"
+    res = pt.pretrain_sd(cfg, out, device=args.device, max_minutes=args.minutes)
+    vae, diff = res["vae"], res["diffusion"] or {"step": 0, "elapsed_s": 0.0, "evaluations": []}
+    print(f"VAE step {vae['step']}/{cfg.vae_steps} ({vae['elapsed_s'] / 60:.1f} min); UNet + text encoder step "
+          f"{diff['step']}/{cfg.steps} ({diff['elapsed_s'] / 60:.1f} min); checkpoints in {res['run_dir']}")
+    for e in diff["evaluations"]:
+        print(f"  step {e['step']:6d}: Frechet distance (pocket ViT) {e['fid_pocket_vit']:.1f} (real vs real "
+              f"{e['fid_real_vs_real']:.1f}), eye agreement {e['eye_agreement']:.2f}, grade QWK {e['grade_qwk']:.2f}")
+    if not res["finished"]:
+        print("not finished: run the same command again to resume")
+        return 0
+    if args.export:
+        rec = pt.export_pocket(res["run_dir"], args.export)
+        print(f"exported {args.export} (sha256 {rec['sha256']})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"run": _cmd_run, "book": _cmd_book, "data": _cmd_data, "info": _cmd_info,
-               "params": _cmd_params, "pretrain": _cmd_pretrain}[args.command]
+               "params": _cmd_params, "pretrain": _cmd_pretrain,
+               "pretrain-sd": _cmd_pretrain_sd}[args.command]
     return handler(args)
 
 

@@ -10,11 +10,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import safetensors
 import safetensors.torch
 import torch
 from torch import nn
 
-__all__ = ["run_key", "write_json", "save_tensors", "load_into", "save_optimizer", "load_optimizer"]
+__all__ = ["run_key", "write_json", "save_tensors", "load_into", "save_optimizer", "load_optimizer",
+           "CheckpointError", "StepCheckpoints"]
 
 
 def run_key(*parts: Any) -> str:
@@ -82,3 +84,61 @@ def load_optimizer(opt: torch.optim.Optimizer, path: str | Path, meta: dict[str,
     for idx, kv in meta["plain_state"].items():
         state.setdefault(int(idx), {}).update(kv)
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint exists but cannot be read; the message names the folder and the fix."""
+
+
+class StepCheckpoints:
+    """Checkpoints of a training loop, published atomically through one small JSON manifest.
+
+    ``save(stage, tensors, optimizer, state)`` writes ``<stage>-<step>.safetensors`` (and
+    ``<stage>-<step>.optimizer.safetensors``) under temporary names, renames them, and only then
+    replaces ``<stage>.json`` (itself atomically), which names the files and holds the counters.
+    A kill at any moment therefore leaves the manifest pointing at one complete, consistent
+    checkpoint: the previous one or the new one. Files of older steps are removed afterwards.
+    ``load`` raises :class:`CheckpointError` naming the folder when a file is missing or damaged.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def exists(self, stage: str) -> bool:
+        return (self.root / f"{stage}.json").is_file()
+
+    def save(self, stage: str, tensors: dict[str, torch.Tensor], opt: torch.optim.Optimizer | None,
+             state: dict[str, Any], step: int) -> None:
+        weights = self.root / f"{stage}-{step:08d}.safetensors"
+        tmp = weights.with_suffix(".tmp")
+        safetensors.torch.save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+        tmp.replace(weights)
+        manifest: dict[str, Any] = {"state": state, "weights": weights.name, "optimizer": None}
+        if opt is not None:
+            opt_file = self.root / f"{stage}-{step:08d}.optimizer.safetensors"
+            tmp = opt_file.with_suffix(".tmp")
+            manifest["optimizer_meta"] = save_optimizer(opt, tmp)
+            tmp.replace(opt_file)
+            manifest["optimizer"] = opt_file.name
+        write_json(self.root / f"{stage}.json", manifest)                 # the commit point
+        keep = {weights.name, manifest["optimizer"]}
+        for old in self.root.glob(f"{stage}-*.safetensors"):
+            if old.name not in keep:
+                old.unlink(missing_ok=True)
+
+    def _fix(self) -> str:
+        return f"delete {self.root} to start this run afresh (or restore the folder from a backup)"
+
+    def load(self, stage: str, device: torch.device | str = "cpu",
+             opt: torch.optim.Optimizer | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Tensors and state of the published checkpoint (and the optimizer state into ``opt``)."""
+        try:
+            manifest = json.loads((self.root / f"{stage}.json").read_text(encoding="utf-8"))
+            tensors = safetensors.torch.load_file(str(self.root / manifest["weights"]), device=str(device))
+            if opt is not None and manifest.get("optimizer"):
+                load_optimizer(opt, self.root / manifest["optimizer"], manifest["optimizer_meta"])
+        except (OSError, ValueError, KeyError, RuntimeError, safetensors.SafetensorError) as exc:
+            raise CheckpointError(f"the {stage!r} checkpoint in {self.root} cannot be read "
+                                  f"({exc.__class__.__name__}: {str(exc)[:200]}); {self._fix()}") from exc
+        return tensors, manifest["state"]

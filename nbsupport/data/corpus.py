@@ -29,7 +29,7 @@ from ..core.paths import cache_dir
 from . import fundus
 
 __all__ = ["PARSE_KINDS", "SOURCE_CAMERAS", "TARGET_CAMERA", "CORPUS_SEED0", "CorpusSpec",
-           "parse_targets", "build_corpus", "load_corpus"]
+           "parse_targets", "build_corpus", "load_corpus", "corpus_labels"]
 
 PARSE_KINDS: tuple[str, ...] = (*fundus.LESION_KINDS, *fundus.LOOK_ALIKES, "optic_disc", "fovea")
 SOURCE_CAMERAS: tuple[str, ...] = ("default", "bright_warm", "clinic")
@@ -92,9 +92,26 @@ def parse_targets(sample: fundus.FundusSample, grid: int) -> np.ndarray:
     return out
 
 
+def _shard_grades(spec: CorpusSpec, index: int) -> np.ndarray:
+    start, stop = index * SHARD, min(spec.n, (index + 1) * SHARD)
+    return np.random.default_rng([CORPUS_SEED0, index]).integers(0, 5, size=stop - start)
+
+
+def corpus_labels(spec: CorpusSpec) -> tuple[np.ndarray, list[str], list[str]]:
+    """Grade ``int [n]``, eye side and camera of every corpus image, without rendering any.
+
+    The ViT's pretraining never sees these; the pocket diffusion model's captions are made from
+    them (:mod:`nbsupport.sd.pretrain`).
+    """
+    grades = np.concatenate([_shard_grades(spec, i) for i in range(math.ceil(spec.n / SHARD))])
+    eyes = [fundus.eye_of(CORPUS_SEED0 + i, int(g)) for i, g in enumerate(grades)]
+    cameras = [spec.cameras[i % len(spec.cameras)] for i in range(spec.n)]
+    return grades, eyes, cameras
+
+
 def _shard(spec: CorpusSpec, index: int, path: Path) -> Path:
     start, stop = index * SHARD, min(spec.n, (index + 1) * SHARD)
-    grades = np.random.default_rng([CORPUS_SEED0, index]).integers(0, 5, size=stop - start)
+    grades = _shard_grades(spec, index)
     images = np.zeros((stop - start, spec.image_size, spec.image_size, 3), dtype=np.uint8)
     targets = np.zeros((stop - start, len(PARSE_KINDS), spec.grid, spec.grid), dtype=np.uint8)
     for j, i in enumerate(range(start, stop)):

@@ -48,6 +48,7 @@ __all__ = [
     "generate_fundus",
     "lesion_counts_for_grade",
     "caption_for",
+    "eye_of",
 ]
 
 GRADE_NAMES: tuple[str, ...] = (
@@ -313,6 +314,21 @@ def _smooth_noise(rng: np.random.Generator, cells: int, size: int) -> np.ndarray
 # ----------------------------------------------------------------------------- rendering
 
 
+def _anatomy_rng(seed: int, grade: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), int(grade)])
+
+
+def _eye(rng: np.random.Generator) -> str:
+    """The eye side: the first draw of an eye's anatomy stream."""
+    return "right" if rng.random() < 0.5 else "left"
+
+
+def eye_of(seed: int, grade: int) -> str:
+    """Which eye (``"left"``/``"right"``) :func:`generate_fundus` draws for ``(seed, grade)``,
+    without rendering it (for captions of large corpora)."""
+    return _eye(_anatomy_rng(seed, grade))
+
+
 def generate_fundus(
     seed: int,
     grade: int,
@@ -339,11 +355,11 @@ def generate_fundus(
             raise ValueError(f"camera={camera!r}: expected one of {', '.join(CAMERA_PRESETS)}")
         camera = CAMERA_PRESETS[camera]
 
-    rng = np.random.default_rng([int(seed), int(grade)])
+    rng = _anatomy_rng(seed, grade)
     R = max(size, min(_MIN_RENDER, 2 * size))
 
     # --- anatomy (normalised coordinates; x right, y down)
-    eye = "right" if rng.random() < 0.5 else "left"
+    eye = _eye(rng)
     side = 1.0 if eye == "right" else -1.0  # disc on the nasal side
     disc = (0.5 + side * rng.uniform(0.22, 0.28), 0.5 + rng.normal(0.0, 0.02))
     macula = (0.5 - side * rng.uniform(0.02, 0.06), 0.5 + rng.normal(0.0, 0.015))

@@ -40,7 +40,7 @@ from nbsupport.core.checkpoints import load_into, save_tensors
 from nbsupport.sd.models import SDComponents
 
 __all__ = ["SDMethodSpec", "SD_METHODS", "prepare", "trainable_state", "save_trainable", "load_trainable",
-           "parameter_table", "LORA_TARGETS", "DIFFFIT_BRANCHES"]
+           "parameter_table", "LORA_TARGETS", "DIFFFIT_BRANCHES", "ScaledBranch"]
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 DIFFFIT_BRANCHES = ("attn1", "attn2", "ff")
@@ -92,8 +92,31 @@ SD_METHODS: dict[str, SDMethodSpec] = {m.name: m for m in [
 LR = {"unet": 1e-5, "text_encoder": 5e-6, "text_encoder_with_unet": 1e-6, "vae": 1e-6, "peft": 1e-4}
 
 
+class ScaledBranch(nn.Module):
+    """DiffFit's scale: ``branch(x) * gamma`` with a learnable per-channel ``gamma`` (init 1).
+
+    A module (not a forward hook), so deep copies (EMA), ``state_dict`` and ``to()`` see it. The
+    wrapped module stays reachable as ``.inner`` (its attention processor included).
+    """
+
+    def __init__(self, inner: nn.Module, dim: int) -> None:
+        super().__init__()
+        self.inner = inner
+        ref = next(inner.parameters())
+        self.gamma = nn.Parameter(torch.ones(dim, device=ref.device, dtype=torch.float32))
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = self.inner(*args, **kwargs)
+        return out * self.gamma.to(out.dtype)
+
+
 def _add_difffit_scales(unet: nn.Module) -> list[nn.Parameter]:
-    """One learnable per-channel scale (init 1) on each transformer block's residual branches."""
+    """Wrap each transformer block's residual branches (attn1, attn2, ff) in a :class:`ScaledBranch`.
+
+    Placement as Xie et al. (2023) for DiT: a scale on every attention and feed-forward branch of
+    every transformer block, none in the ResNet blocks (the UNet's convolutional part, which DiT
+    does not have, gets only its biases and norms trained).
+    """
     from diffusers.models.attention import BasicTransformerBlock
 
     scales = []
@@ -103,12 +126,11 @@ def _add_difffit_scales(unet: nn.Module) -> list[nn.Parameter]:
         dim = block.norm1.normalized_shape[0]
         for branch in DIFFFIT_BRANCHES:
             module = getattr(block, branch, None)
-            if module is None:
+            if module is None or isinstance(module, ScaledBranch):
                 continue
-            gamma = nn.Parameter(torch.ones(dim, device=block.norm1.weight.device))
-            block.register_parameter(f"difffit_gamma_{branch}", gamma)
-            module.register_forward_hook(lambda mod, args, out, g=gamma: out * g.to(out.dtype))
-            scales.append(gamma)
+            wrapped = ScaledBranch(module, dim)
+            setattr(block, branch, wrapped)
+            scales.append(wrapped.gamma)
     return scales
 
 
@@ -151,9 +173,9 @@ def prepare(components: SDComponents, method: str, **options: Any) -> list[dict[
             p.requires_grad_(True)
         groups.append({"name": "unet.bitfit", "params": params, "lr": LR["peft"]})
     elif spec.peft == "difffit":
-        _add_difffit_scales(unet)
+        scales = {id(p) for p in _add_difffit_scales(unet)}
         params = [p for n, p in unet.named_parameters()
-                  if n.endswith("bias") or "difffit_gamma" in n or _is_norm_weight(unet, n)]
+                  if n.endswith("bias") or id(p) in scales or _is_norm_weight(unet, n)]
         for p in params:
             p.requires_grad_(True)
         groups.append({"name": "unet.difffit", "params": params, "lr": LR["peft"]})

@@ -19,6 +19,7 @@ from nbsupport.core import records
 from nbsupport.vit.backbones import BACKBONES, count_parameters, create_vit, data_config
 from nbsupport.core.checkpoints import run_key
 from nbsupport.data.datasets import IMAGENET_MEAN, IMAGENET_STD, build_dataset, to_tensor
+from nbsupport.data.fingerprint import fingerprint, item_keys
 from nbsupport.data.manifests import load_manifest
 from nbsupport.core.paths import cache_dir
 from nbsupport.core.profiles import Profile, get_profile
@@ -165,9 +166,12 @@ def run_method(
 ) -> dict[str, Any]:
     """Adapt a fresh backbone with ``method``, train, test, write a run record; return a table row.
 
-    Checkpoints go to ``$NBSUPPORT_CACHE/checkpoints/<chapter>/<key>`` where the key hashes
-    everything that defines the run, so re-running an interrupted chapter resumes it and a
-    changed setting starts afresh.
+    Checkpoints go to ``$NBSUPPORT_CACHE/checkpoints/classification/<method>-<key>`` where the key
+    hashes everything that decides the trained model (backbone and its weights, method and its
+    config, training config and seed, the content of the train/val/test splits: see
+    :func:`nbsupport.data.fingerprint.fingerprint`), so re-running an interrupted chapter resumes
+    it, a finished run asked for again is reused (and says so), and a changed split or setting
+    starts afresh.
 
     Returns:
         ``method``, ``label``, test metrics, best validation Kappa and epoch, ``trainable``,
@@ -181,10 +185,12 @@ def run_method(
     backbone_n = count_parameters(model) - sum(p.numel() for p in model.get_classifier().parameters())
     torch.manual_seed(train_config.seed)
     model = methods.adapt(model, method, **(config or {}))
-    key = run_key("seeded-init", chapter, profile, data.dataset, backbone.name, backbone.weights, method,
-                   model.nbsupport_method, asdict(train_config), len(train_set), label, extra_params)
-    slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in (label or method))
-    ckpt = cache_dir() / "checkpoints" / chapter / f"{slug}-{key}"
+    # the key holds everything that decides the trained model, and nothing else: the same run asked for by
+    # two chapters (or under two labels) is trained once; a changed split or label is trained afresh
+    key = run_key("classification-v2", backbone.name, backbone.weights, backbone.image_size, method,
+                  model.nbsupport_method, asdict(train_config), fingerprint(train_set), fingerprint(data.val),
+                  fingerprint(data.test))
+    ckpt = cache_dir() / "checkpoints" / "classification" / f"{method}-{key}"
     res = train_classifier(model, train_set, data.val, data.test, data.num_classes, train_config, device,
                            checkpoint_dir=ckpt, resume=resume, progress=progress)
     trainable = count_parameters(model, trainable_only=True)
@@ -301,18 +307,8 @@ class GeneratedImages(Dataset):
 
 
 def dataset_keys(ds: Dataset, by: str = "image") -> list[Any]:
-    """Identity keys of a real dataset's items, for leakage checks: procedural seeds, file paths,
-    or patient ids (``by="patient"``, file-based sets with a patient column)."""
-    if isinstance(ds, Subset):
-        keys = dataset_keys(ds.dataset, by)
-        return [keys[i] for i in ds.indices]
-    if hasattr(ds, "seeds"):
-        return list(ds.seeds)
-    if hasattr(ds, "items"):
-        return [(it.patient if by == "patient" else str(it.path)) for it in ds.items]
-    if hasattr(ds, "images") and hasattr(ds, "targets"):   # MedMNIST: indices within one split file
-        return [("medmnist", id(ds), i) for i in range(len(ds))]
-    raise TypeError(f"cannot identify the items of a {type(ds).__name__}")
+    """Identity keys of a dataset's items (see :func:`nbsupport.data.fingerprint.item_keys`)."""
+    return item_keys(ds, by)
 
 
 def load_model_from_run(row: dict[str, Any], backbone: Backbone, method: str, config: dict[str, Any] | None = None) -> nn.Module:

@@ -218,7 +218,10 @@ def train_classifier(
             best_epoch, history, best_val = state["best_epoch"], state["history"], state["best_val"]
             train_seconds = state.get("train_seconds", 0.0)
             steps_done, images_done = state.get("steps", 0), state.get("images", 0)
-            if progress:
+            if start_epoch >= cfg.epochs:
+                print(f"reusing the finished run in {ckpt} ({start_epoch} epochs, best val {select} "
+                      f"{best_score:.4f} at epoch {best_epoch}): only the test set is evaluated again")
+            elif progress:
                 print(f"resuming from {ckpt} after epoch {start_epoch} (best val {select} {best_score:.4f})")
 
     if device.type == "cuda":

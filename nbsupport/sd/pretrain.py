@@ -1,0 +1,393 @@
+"""Pretraining the pocket Stable Diffusion on the source domain: VAE first, then UNet + text encoder.
+
+Stable Diffusion was trained in two stages (an autoencoder, then a text-conditioned diffusion model
+in its latent space), on billions of captioned web images. The pocket recipe does the same on the
+pocket ViT's corpus (:mod:`nbsupport.data.corpus`: procedural eyes from the *source* cameras):
+
+1. **VAE** (``AutoencoderKL``): L1 reconstruction + a small KL term (SD: 1e-6; no perceptual or
+   adversarial loss at this scale). Afterwards the latents' scale is measured and stored as the
+   VAE's ``scaling_factor`` (SD's 0.18215 was found the same way).
+2. **UNet + text encoder** jointly, DDPM epsilon-prediction on the frozen VAE's latents with SD's
+   noise schedule; captions are dropped 10% of the time (classifier-free guidance needs the
+   unconditional model); an exponential moving average of the weights is what ships.
+
+Captions (:func:`source_caption`) name the eye and the grade, *never a lesion*: "A colour fundus
+photograph of a left eye with moderate non-proliferative diabetic retinopathy." The chapters'
+target captions list the lesions (words the pretraining never trained) and come from another
+camera, so fine-tuning faces a shift in both image and text.
+
+Everything is resumable (a checkpoint every ``checkpoint_every`` steps, written atomically; data
+order and noise depend only on the seed and step) and can stop after ``max_minutes``. At fixed
+steps a small evaluation samples images with fixed prompts and seeds and measures them with the
+pocket ViT (Fréchet distance to held-out real images, eye-side and grade agreement).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nbsupport.core.checkpoints import StepCheckpoints, run_key, write_json
+from nbsupport.core.paths import cache_dir
+from nbsupport.data.corpus import CorpusSpec, corpus_labels, load_corpus
+from nbsupport.data.fundus import GRADE_NAMES
+from nbsupport.sd.models import SDComponents
+from nbsupport.sd.pocket import POCKET_SD, build_pocket
+
+__all__ = ["SDPretrainConfig", "source_caption", "pretrain_sd", "export_pocket", "evaluate_pocket",
+           "evaluation_prompts"]
+
+
+def source_caption(grade: int, eye: str) -> str:
+    """The pretraining caption of a source-domain eye: its side and grade, no lesion words."""
+    return f"A colour fundus photograph of a {eye} eye with {GRADE_NAMES[int(grade)]}."
+
+
+@dataclass(frozen=True)
+class SDPretrainConfig:
+    """Everything that defines a pocket diffusion pretraining run (its checkpoints live under its key).
+
+    Attributes:
+        corpus: the source-domain corpus (shared with the pocket ViT).
+        holdout: last images of the corpus kept out of training (evaluation's real reference).
+        vae_steps, vae_batch, vae_lr, kl_weight: stage 1.
+        steps, batch_size, lr, warmup_steps: stage 2 (UNet and text encoder share the rate).
+        cond_drop: probability of training on the empty caption (for classifier-free guidance).
+        ema_decay: decay of the weights' moving average (what ships).
+        eval_at: stage-2 steps at which the samples are evaluated (the last step always is).
+        eval_samples, eval_steps, guidance: sample count, DDIM steps and guidance scale of evaluation.
+        checkpoint_every, log_every: in steps.
+        seed: initialisation, data order and noise.
+    """
+
+    corpus: CorpusSpec = field(default_factory=CorpusSpec)
+    holdout: int = 2000
+    vae_steps: int = 2000
+    vae_batch: int = 32
+    vae_lr: float = 1e-3
+    kl_weight: float = 1e-6
+    steps: int = 20000
+    batch_size: int = 32
+    lr: float = 3e-4
+    warmup_steps: int = 500
+    weight_decay: float = 1e-2
+    cond_drop: float = 0.1
+    ema_decay: float = 0.999
+    eval_at: tuple[int, ...] = (2000, 5000, 10000)
+    eval_samples: int = 200
+    eval_steps: int = 25
+    guidance: float = 2.0
+    checkpoint_every: int = 250
+    log_every: int = 50
+    seed: int = 0
+
+    @classmethod
+    def smoke(cls) -> "SDPretrainConfig":
+        """Seconds on a CPU: proves both stages, resume and evaluation run; teaches nothing."""
+        return cls(corpus=CorpusSpec(n=96), holdout=32, vae_steps=3, vae_batch=8, steps=4, batch_size=8,
+                   warmup_steps=2, eval_at=(2,), eval_samples=8, eval_steps=2, checkpoint_every=2, log_every=1)
+
+    @property
+    def key(self) -> str:
+        return run_key("pocket-sd-v1", asdict(self), POCKET_SD)
+
+
+def _lr(step: int, cfg: SDPretrainConfig, peak: float, steps: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    warm = min(cfg.warmup_steps, steps // 4) if steps > 4 else 0
+    if step < warm:
+        return peak * (step + 1) / warm
+    t = (step - warm) / max(steps - warm, 1)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * t)))
+
+
+def evaluation_prompts(n: int) -> tuple[list[str], list[int], list[str]]:
+    """``n`` prompts cycling over the five grades and both eyes, with their grades and eyes."""
+    grades = [i % 5 for i in range(n)]
+    eyes = ["left" if (i // 5) % 2 == 0 else "right" for i in range(n)]
+    return [source_caption(g, e) for g, e in zip(grades, eyes)], grades, eyes
+
+
+def _prefixed(model: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v for k, v in model.state_dict().items()}
+
+
+def _unprefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+def _pixels(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 ``[B, H, W, 3]`` -> float ``[B, 3, H, W]`` in [-1, 1]."""
+    return torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def _train_vae(comp: SDComponents, images: np.ndarray, cfg: SDPretrainConfig, run: StepCheckpoints, device: torch.device,
+               deadline: float, progress: bool) -> tuple[dict[str, Any], bool]:
+    """Stage 1 (resumable); returns the VAE's run state and whether any step ran in this call."""
+    from tqdm.auto import tqdm
+
+    vae = comp.vae.to(device).train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    state: dict[str, Any] = {"step": 0, "elapsed_s": 0.0, "loss_curve": []}
+    if run.exists("vae"):
+        tensors, state = run.load("vae", device, opt)
+        vae.load_state_dict(_unprefixed(tensors, "vae"))
+    n = len(images)
+    bar = tqdm(total=cfg.vae_steps, initial=state["step"], desc="pocket SD: VAE", unit="step", disable=not progress)
+    running: list[float] = []
+    t_last = time.perf_counter()
+    ran = state["step"] < cfg.vae_steps
+    while state["step"] < cfg.vae_steps:
+        step = state["step"]
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        idx = torch.randint(0, n, (cfg.vae_batch,), generator=gen).numpy()
+        x = _pixels(images[np.sort(idx)], device)
+        flip = torch.rand(len(x), generator=gen) < 0.5                  # no captions here: flips are free
+        x = torch.where(flip.to(device)[:, None, None, None], x.flip(-1), x)
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, cfg, cfg.vae_lr, cfg.vae_steps)
+        dist = vae.encode(x).latent_dist
+        z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=gen).to(device)
+        recon = vae.decode(z).sample
+        loss = F.l1_loss(recon, x) + cfg.kl_weight * dist.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        running.append(loss.item())
+        state["step"] = step + 1
+        now = time.perf_counter()
+        state["elapsed_s"] += now - t_last
+        t_last = now
+        bar.update()
+        if state["step"] % cfg.log_every == 0 or state["step"] == cfg.vae_steps:
+            state["loss_curve"].append([state["step"], float(np.mean(running))])
+            bar.set_postfix(l1=f"{np.mean(running):.4f}")
+            running = []
+        out_of_time = time.perf_counter() >= deadline
+        if state["step"] % cfg.checkpoint_every == 0 or state["step"] == cfg.vae_steps or out_of_time:
+            run.save("vae", _prefixed(vae, "vae"), opt, state, state["step"])
+        if out_of_time:
+            break
+    bar.close()
+    vae.eval()
+    return state, ran
+
+
+@torch.no_grad()
+def _latent_stats(vae: nn.Module, images: np.ndarray, device: torch.device, batch: int = 256,
+                  progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std ``[n, 4, h, w]`` (fp16, CPU) of every image."""
+    from tqdm.auto import tqdm
+
+    means, stds = [], []
+    for i in tqdm(range(0, len(images), batch), desc="encoding the corpus", disable=not progress, leave=False):
+        dist = vae.encode(_pixels(images[i:i + batch], device)).latent_dist
+        means.append(dist.mean.half().cpu().contiguous())
+        stds.append(dist.std.half().cpu().contiguous())
+    return torch.cat(means), torch.cat(stds)
+
+
+def _device_name(device: torch.device) -> str:
+    from nbsupport.core.env import describe_device
+
+    return str(describe_device(device).get("name", device))
+
+
+def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p.detach(), 1.0 - decay)
+
+
+def pretrain_sd(cfg: SDPretrainConfig, out_dir: str | Path | None = None, device: str | torch.device | None = None,
+                max_minutes: float | None = None, progress: bool = True) -> dict[str, Any]:
+    """Pretrain (or resume) the pocket Stable Diffusion; returns the run state.
+
+    Checkpoints go to ``out_dir/<cfg.key>/`` (default ``<cache>/pocket-sd-pretrain``). Stops after
+    both stages finish or once ``max_minutes`` have passed in this call (call again to go on).
+    Returns ``{"vae": state, "diffusion": state, "run_dir": str, "finished": bool}``.
+    """
+    from tqdm.auto import tqdm
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    deadline = time.perf_counter() + 60 * max_minutes if max_minutes is not None else float("inf")
+    run = StepCheckpoints(Path(out_dir if out_dir is not None else cache_dir() / "pocket-sd-pretrain") / cfg.key)
+    images, _ = load_corpus(cfg.corpus, progress=progress)
+    grades, eyes, _ = corpus_labels(cfg.corpus)
+    if len(images) <= cfg.holdout + cfg.batch_size:
+        raise ValueError(f"corpus of {len(images)} images is too small for holdout={cfg.holdout} and "
+                         f"batch_size={cfg.batch_size}")
+    train_images = images[:-cfg.holdout]
+    captions = [source_caption(g, e) for g, e in zip(grades[:-cfg.holdout], eyes[:-cfg.holdout])]
+
+    comp = build_pocket(seed=cfg.seed)
+    vae_state, vae_ran = _train_vae(comp, train_images, cfg, run, device, deadline, progress)
+    out: dict[str, Any] = {"vae": vae_state, "diffusion": None, "run_dir": str(run.root), "finished": False}
+    if vae_state["step"] < cfg.vae_steps or (vae_ran and time.perf_counter() >= deadline):
+        return out
+
+    # ---- latents of the training images under the finished VAE (cached in the run directory)
+    vae = comp.vae.requires_grad_(False)
+    cache = run.root / "latents.safetensors"
+    if cache.is_file():
+        lat = safetensors.torch.load_file(str(cache))
+        means, stds = lat["mean"], lat["std"]
+    else:
+        means, stds = _latent_stats(vae, train_images, device, progress=progress)
+        tmp = run.root / "latents.tmp"
+        safetensors.torch.save_file({"mean": means.contiguous(), "std": stds.contiguous()}, str(tmp))
+        tmp.replace(cache)
+    scale = float(1.0 / means.float().std())
+    vae.register_to_config(scaling_factor=scale)
+
+    # ---- stage 2: UNet + text encoder
+    unet, text, tok = comp.unet.to(device), comp.text_encoder.to(device), comp.tokenizer
+    unique = sorted(set(captions)) + [""]
+    ids = tok(unique, padding="max_length", max_length=tok.model_max_length, truncation=True,
+              return_tensors="pt").input_ids.to(device)
+    caption_index = torch.tensor([unique.index(c) for c in captions])
+    ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)
+    params = list(unet.parameters()) + list(text.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state: dict[str, Any] = {"step": 0, "elapsed_s": 0.0, "loss_curve": [], "evaluations": [], "vae_scaling_factor": scale}
+    if run.exists("diffusion"):
+        tensors, state = run.load("diffusion", device, opt)
+        for model, prefix in ((unet, "unet"), (text, "text_encoder"), (ema_unet, "ema.unet"), (ema_text, "ema.text_encoder")):
+            model.load_state_dict(_unprefixed(tensors, prefix))
+
+    def save() -> None:
+        tensors = {**_prefixed(unet, "unet"), **_prefixed(text, "text_encoder"),
+                   **_prefixed(ema_unet, "ema.unet"), **_prefixed(ema_text, "ema.text_encoder")}
+        run.save("diffusion", tensors, opt, state, state["step"])
+
+    start = state["step"]
+    sched = comp.scheduler
+    alphas = sched.alphas_cumprod.to(device)
+    n = len(means)
+    bar = tqdm(total=cfg.steps, initial=state["step"], desc="pocket SD: UNet + text", unit="step", disable=not progress)
+    running: list[float] = []
+    t_last = time.perf_counter()
+    unet.train()
+    text.train()
+    while state["step"] < cfg.steps and not (state["step"] > start and time.perf_counter() >= deadline):
+        step = state["step"]
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7_919 * step + 1)
+        idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)
+        z0 = (means[idx].float() + stds[idx].float() * torch.randn(means[idx].shape, generator=gen)) * scale
+        noise = torch.randn(z0.shape, generator=gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (cfg.batch_size,), generator=gen)
+        drop = torch.rand(cfg.batch_size, generator=gen) < cfg.cond_drop
+        which = torch.where(drop, len(unique) - 1, caption_index[idx])
+        z0, noise, t = z0.to(device), noise.to(device), t.to(device)
+        a = alphas[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, cfg, cfg.lr, cfg.steps)
+        emb = text(ids[which.to(device)])[0]
+        loss = F.mse_loss(unet(noisy, t, emb).sample, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        _ema_update(ema_unet, unet, decay)
+        _ema_update(ema_text, text, decay)
+        running.append(loss.item())
+        state["step"] = step + 1
+        now = time.perf_counter()
+        state["elapsed_s"] += now - t_last
+        t_last = now
+        bar.update()
+        if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
+            state["loss_curve"].append([state["step"], float(np.mean(running))])
+            bar.set_postfix(loss=f"{np.mean(running):.4f}")
+            running = []
+        if state["step"] in cfg.eval_at or state["step"] == cfg.steps:
+            shipped = replace(comp, unet=ema_unet, text_encoder=ema_text)
+            ev = evaluate_pocket(shipped, images[-cfg.holdout:], grades[-cfg.holdout:], eyes[-cfg.holdout:],
+                                 cfg, device)
+            state["evaluations"].append({"step": state["step"], **ev})
+            bar.write(f"step {state['step']}: {ev}")
+            unet.train()
+            text.train()
+        if state["step"] % cfg.checkpoint_every == 0 or state["step"] == cfg.steps or time.perf_counter() >= deadline:
+            save()
+    bar.close()
+    state["device"] = _device_name(device)
+    vae_state["device"] = _device_name(device)
+    out.update(diffusion=state, finished=state["step"] >= cfg.steps)
+    return out
+
+
+@torch.no_grad()
+def evaluate_pocket(comp: SDComponents, real: np.ndarray, grades: np.ndarray, eyes: list[str],
+                    cfg: SDPretrainConfig, device: torch.device) -> dict[str, float]:
+    """Sample ``cfg.eval_samples`` images (fixed prompts and seeds) and compare them with ``real``
+    held-out images through the pocket ViT: Fréchet distance of class-token features (and the
+    same between two halves of ``real``, the noise floor), and how often a probe trained on the
+    real images' features reads the prompted eye side and grade from the samples."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import cohen_kappa_score
+
+    from nbsupport.evaluation.fidelity import fid_from_features
+    from nbsupport.sd.sampling import sample
+    from nbsupport.vit.backbones import POCKET_MEAN, POCKET_STD, create_vit
+    from nbsupport.vit.probe import token_features
+
+    prompts, p_grades, p_eyes = evaluation_prompts(cfg.eval_samples)
+    was = [m.training for m in comp.models().values()]
+    for m in comp.models().values():
+        m.eval()
+    fake = np.stack(sample(comp, prompts, list(range(cfg.eval_samples)), resolution=real.shape[1],
+                           steps=cfg.eval_steps, guidance_scale=cfg.guidance, device=device))
+    for m, w in zip(comp.models().values(), was):
+        m.train(w)
+    vit = create_vit("pocket-fundus-vit", pretrained=True, num_classes=0, img_size=real.shape[1]).to(device)
+    fr = token_features(vit, real, POCKET_MEAN, POCKET_STD)["cls"]
+    ff = token_features(vit, fake, POCKET_MEAN, POCKET_STD)["cls"]
+    half = len(fr) // 2
+    right = np.array([e == "right" for e in eyes])
+    eye_probe = LogisticRegression(max_iter=2000).fit(fr, right)
+    grade_probe = LogisticRegression(max_iter=2000).fit(fr, grades)
+    return {
+        "fid_pocket_vit": fid_from_features(fr, ff),
+        "fid_real_vs_real": fid_from_features(fr[:half], fr[half:]),
+        "eye_agreement": float((eye_probe.predict(ff) == np.array([e == "right" for e in p_eyes])).mean()),
+        "grade_qwk": float(cohen_kappa_score(p_grades, grade_probe.predict(ff), weights="quadratic")),
+        "n_samples": int(len(fake)),
+    }
+
+
+def export_pocket(run_dir: str | Path, out: str | Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write a finished run's VAE and EMA UNet/text encoder as one fp16 safetensors at ``out`` and
+    its record at ``out.json`` (sha256, recipe, loss curves, evaluations, ``extra``)."""
+    from nbsupport.vit.backbones import sha256_of
+
+    run, out = StepCheckpoints(run_dir), Path(out)
+    vae_t, vae_state = run.load("vae")
+    diff_t, diff_state = run.load("diffusion")
+    tensors = {**vae_t, **{k[4:]: v for k, v in diff_t.items() if k.startswith("ema.")}}
+    tensors = {k: v.half().contiguous() for k, v in tensors.items()}
+    summary = {"vae_steps": vae_state["step"], "steps": diff_state["step"],
+               "evaluations": diff_state.get("evaluations", [])[-1:]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    safetensors.torch.save_file(tensors, str(tmp), metadata={
+        "format": "pt", "architecture": json.dumps(POCKET_SD),
+        "vae_scaling_factor": str(diff_state["vae_scaling_factor"]), "record": json.dumps(summary)})
+    tmp.replace(out)
+    record = {"name": out.stem, "sha256": sha256_of(out), "bytes": out.stat().st_size, "dtype": "float16",
+              "architecture": POCKET_SD, "vae": vae_state, "diffusion": diff_state, **(extra or {})}
+    write_json(out.with_suffix(".json"), record, indent=1)
+    return record
