@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from torch.utils.data import ConcatDataset, Subset
 
 from nbsupport.data.datasets import FundusDataset
@@ -38,3 +39,37 @@ def test_subsets_and_concatenations_are_identified_item_by_item():
     assert item_keys(sub) == [a.seeds[3], a.seeds[1]]
     assert item_keys(ConcatDataset([sub, b])) == [a.seeds[3], a.seeds[1], *b.seeds]
     assert fingerprint(ConcatDataset([sub, b])) != fingerprint(ConcatDataset([b, sub]))
+
+
+# ----------------------------------------------------------------------------- run keys and the lr rule
+
+
+@pytest.fixture(scope="module")
+def smoke_setup():
+    from nbsupport.vit import experiment
+
+    bb = experiment.make_backbone("smoke", num_classes=5)
+    return experiment, bb, experiment.load_classification_data("fundus-procedural", "smoke", bb)
+
+
+def test_the_lr_grid_picks_by_validation_and_its_runs_are_reused(smoke_setup, capsys):
+    experiment, bb, data = smoke_setup
+    lr, grid = experiment.choose_lr("bitfit", bb, data, "smoke", "cpu", epochs=1, factors=(1.0, 3.0))
+    assert set(grid) == {1e-3, 3e-3} and grid[lr] == max(grid.values())
+    capsys.readouterr()
+    rows = experiment.run_seeds("bitfit", bb, data, "smoke", "test", "cpu", [0], epochs=1, lr=lr, record=False)
+    assert rows[0]["lr"] == lr and "reusing the finished run" in capsys.readouterr().out   # the grid's run
+
+
+def test_a_changed_split_never_resumes_an_old_model(smoke_setup, capsys):
+    experiment, bb, data = smoke_setup
+    first = experiment.run_method("linear", bb, data, "smoke", "a", "cpu", record=False, progress=False,
+                                  train_config=experiment.default_train_config("smoke", "linear", epochs=1))
+    again = experiment.run_method("linear", bb, data, "smoke", "b", "cpu", record=False, progress=False,
+                                  train_config=experiment.default_train_config("smoke", "linear", epochs=1))
+    assert again["checkpoint"] == first["checkpoint"] and "reusing" in capsys.readouterr().out
+    moved = experiment.ClassificationData(label_subset(data.train, 0.5), data.val, data.test, data.num_classes,
+                                          data.classes, data.dataset)
+    other = experiment.run_method("linear", bb, moved, "smoke", "a", "cpu", record=False, progress=False,
+                                  train_config=experiment.default_train_config("smoke", "linear", epochs=1))
+    assert other["checkpoint"] != first["checkpoint"] and "reusing" not in capsys.readouterr().out

@@ -224,18 +224,54 @@ def run_method(
     return row
 
 
+def choose_lr(method: str, backbone: Backbone, data: ClassificationData, profile: str | Profile,
+              device: torch.device | str, seed: int = 0, epochs: int | None = None,
+              config: dict[str, Any] | None = None, factors: Sequence[float] | None = None,
+              progress: bool = False) -> tuple[float, dict[float, float]]:
+    """The profile's learning-rate rule: the method's registry rate times each of ``factors``
+    (default: the profile's ``lr_factors``), trained once with ``seed`` on the training split;
+    the rate with the best validation score wins (ties: the smaller rate).
+
+    Selection uses the validation split only, the same grid and budget for every method. Runs are
+    cached by content, so the winning run is reused as that seed's result and a chapter that asks
+    again (another chapter, or a label fraction of 100%) trains nothing. Returns the rate and the
+    grid ``{lr: best validation score}``.
+    """
+    p = get_profile(profile)
+    factors = tuple(factors if factors is not None else p.lr_factors)
+    base = methods.METHODS[method].lr
+    grid: dict[float, float] = {}
+    for f in factors:
+        cfg = default_train_config(p, method, epochs=epochs, seed=seed, lr=base * f)
+        row = run_method(method, backbone, data, p.name, "lr-grid", device, config=config, train_config=cfg,
+                         record=False, progress=progress)
+        score = row["best_val_kappa"] if not data.multi_label else row["history"][row["best_epoch"] - 1].get("val_auc")
+        grid[base * f] = float(score) if score is not None and score == score else float("-inf")
+    best = max(sorted(grid), key=lambda lr: grid[lr])                 # sorted + strict max: the smaller on ties
+    return best, grid
+
+
 def run_seeds(method: str, backbone: Backbone, data: ClassificationData, profile: str, chapter: str,
               device: torch.device | str, seeds: Sequence[int], epochs: int | None = None,
-              **kwargs: Any) -> list[dict[str, Any]]:
+              lr: float | None = None, **kwargs: Any) -> list[dict[str, Any]]:
     """:func:`run_method` once per seed (data order, dropout and new modules drawn from it), with
-    the profile's schedule; returns one row per seed, each with its ``seed``."""
+    the profile's schedule; returns one row per seed, each with its ``seed`` and ``lr``.
+
+    ``lr=None`` applies the profile's rule: the registry rate when the profile has one factor,
+    else :func:`choose_lr` on the first seed and the *full* training split (so a label-fraction run
+    uses the rate chosen with all labels; the grid is recorded with every run).
+    """
     rows = []
     extra_params = kwargs.pop("extra_params", None) or {}
+    grid: dict[float, float] | None = None
+    if lr is None and len(get_profile(profile).lr_factors) > 1:
+        lr, grid = choose_lr(method, backbone, data, profile, device, seed=seeds[0], epochs=epochs,
+                             config=kwargs.get("config"))
     for s in seeds:
-        cfg = default_train_config(profile, method, epochs=epochs, seed=s)
-        extra = {**extra_params, "seed": s}
+        cfg = default_train_config(profile, method, epochs=epochs, seed=s, lr=lr)
+        extra = {**extra_params, "seed": s, **({"lr_grid": {f"{k:.2e}": v for k, v in grid.items()}} if grid else {})}
         rows.append({**run_method(method, backbone, data, profile, chapter, device, train_config=cfg,
-                                  extra_params=extra, **kwargs), "seed": s})
+                                  extra_params=extra, **kwargs), "seed": s, "lr": cfg.lr})
     return rows
 
 
@@ -244,10 +280,11 @@ SCORES = ("test_kappa", "test_accuracy", "test_auc", "test_f1")
 
 def summarise(rows: Sequence[dict[str, Any]]) -> "pandas.DataFrame":  # noqa: F821
     """One line per label: test metrics as mean and ``_std`` over seeds (std is NaN for one seed),
-    ``seeds`` (how many), trainable parameters, checkpoint bytes, mean step time, peak memory."""
+    ``seeds`` (how many), trainable parameters, checkpoint bytes, mean step time, peak memory and
+    the learning rate used (``lr``, when the rows say)."""
     import pandas as pd
 
-    cols = ["label", *SCORES, "trainable", "trainable_pct", "checkpoint_bytes", "step_time_s", "peak_memory_bytes"]
+    cols = ["label", *SCORES, "trainable", "trainable_pct", "checkpoint_bytes", "step_time_s", "peak_memory_bytes", "lr"]
     df = pd.DataFrame([{k: r.get(k) for k in cols} for r in rows])
     for c in cols[1:]:
         df[c] = pd.to_numeric(df[c], errors="coerce")
@@ -259,6 +296,8 @@ def summarise(rows: Sequence[dict[str, Any]]) -> "pandas.DataFrame":  # noqa: F8
     out[["trainable", "trainable_pct", "checkpoint_bytes"]] = g[["trainable", "trainable_pct", "checkpoint_bytes"]].first()
     out["step_time_s"] = g["step_time_s"].mean()
     out["peak_memory_bytes"] = g["peak_memory_bytes"].max()
+    if df["lr"].notna().any():
+        out["lr"] = g["lr"].first()
     return out
 
 

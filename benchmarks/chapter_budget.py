@@ -1,0 +1,101 @@
+"""What the chapters cost at a profile: wall time per chapter, executed one after another.
+
+    python benchmarks/chapter_budget.py --profile cpu --chapters 01 02 03 04 --tag 01-04
+    python benchmarks/chapter_budget.py --profile cpu --collect _build/cpu --tag 01-04
+
+Executes each chapter with papermill (as ``nbsupport run`` does) in the given order, with a fresh
+checkpoint cache unless ``--keep-cache`` (a chapter may reuse runs of an earlier one in the same
+call: that is what a reader running the book in order gets). ``--collect`` skips execution and reads
+the executed notebooks (papermill's duration) and chapter records of an earlier
+``nbsupport run ... --output DIR`` instead. The budgets the issues
+set (e.g. chapters 01-04 at ``cpu`` within 30 minutes on a 2-core CPU) are checked against these
+files, never against timed tests.
+
+Writes ``benchmarks/results/chapter_budget-<device>-<profile>-<tag>.json``: per chapter the wall
+time (papermill, kernel start included, when executed here), the chapter's own wall time from its
+record (``start`` to ``finish``), and the record's weights and headline metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from nbsupport.core.env import describe_device  # noqa: E402
+from nbsupport.core.records import git_commit, write_benchmark  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+HEADLINE = ("probe_kappa_by_weights", "full_finetuning_kappa", "ablation", "findings", "linear_random_init",
+            "labelled_data_saved", "full_reference_kappa")
+
+
+def _chapter_record(records: Path, stem: str) -> dict[str, Any] | None:
+    """The chapter-level record (no ``method``) of ``stem``, newest first."""
+    found = []
+    for p in records.glob(f"{stem}*.json"):
+        rec = json.loads(p.read_text(encoding="utf-8"))
+        if rec.get("chapter") == stem and not rec.get("method"):
+            found.append((p.stat().st_mtime, rec))
+    return max(found, key=lambda t: t[0])[1] if found else None
+
+
+def _summary(rec: dict[str, Any] | None) -> dict[str, Any]:
+    if rec is None:
+        return {"record": None}
+    metrics = rec.get("metrics", {})
+    return {"record_wall_s": rec.get("wall_time_s"), "weights": rec.get("weights"), "dataset": rec.get("dataset"),
+            "seeds": rec.get("params", {}).get("seeds"),
+            "headline": {k: metrics[k] for k in HEADLINE if k in metrics},
+            "kappa_by_method": {m: [v.get("test_kappa"), v.get("test_kappa_std")]
+                                for m, v in metrics.get("methods", {}).items() if isinstance(v, dict)}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--chapters", nargs="+", default=["01", "02", "03", "04"])
+    ap.add_argument("--collect", type=Path, default=None, help="read records of an earlier run from DIR/records")
+    ap.add_argument("--keep-cache", action="store_true", help="reuse the checkpoint cache (default: a fresh one)")
+    ap.add_argument("--tag", default="")
+    args = ap.parse_args()
+
+    notebooks = {c: next((ROOT / "notebooks").glob(f"{c}_*.ipynb")) for c in args.chapters}
+    rows: dict[str, Any] = {}
+    if args.collect is not None:
+        for c, nb in notebooks.items():
+            executed = args.collect / nb.name
+            meta = json.loads(executed.read_text(encoding="utf-8"))["metadata"].get("papermill", {}) if executed.is_file() else {}
+            rows[nb.stem] = {"papermill_s": meta.get("duration"),
+                             **_summary(_chapter_record(args.collect / "records", nb.stem))}
+    else:
+        from nbsupport.book.runner import execute_chapter
+
+        out = Path(tempfile.mkdtemp(prefix="chapter-budget-"))
+        if not args.keep_cache:
+            os.environ["NBSUPPORT_CACHE"] = str(out / "cache")
+        for c, nb in notebooks.items():
+            t0 = time.perf_counter()
+            res = execute_chapter(nb, out / "executed", profile=args.profile, records_dir=out / "records")
+            rows[nb.stem] = {"wall_s": time.perf_counter() - t0, "papermill_s": res.seconds,
+                             **_summary(_chapter_record(out / "records", nb.stem))}
+            print(f"{nb.stem}: {rows[nb.stem]['wall_s'] / 60:.1f} min", flush=True)
+    walls = [r.get("wall_s") or r.get("papermill_s") or r.get("record_wall_s") or 0.0 for r in rows.values()]
+    device = describe_device("cpu")
+    result = {"benchmark": "chapter_budget", "profile": args.profile, "device": device.get("name"),
+              "device_info": device, "commit": git_commit(), "mode": "collected" if args.collect else "executed",
+              "total_minutes": sum(walls) / 60, "chapters": rows}
+    print(f"total: {result['total_minutes']:.1f} min")
+    suffix = f"-{args.profile}" + (f"-{args.tag}" if args.tag else "")
+    write_benchmark(ROOT / "benchmarks" / "results", "chapter_budget", str(device.get("name")), suffix, result)
+
+
+if __name__ == "__main__":
+    main()
