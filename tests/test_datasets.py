@@ -16,7 +16,7 @@ from PIL import Image
 
 from nbsupport.data import datasets, fundus
 from nbsupport.data.datasets import DataError, DataUnavailableError, build_dataset
-from nbsupport.data.manifests import load_manifest
+from nbsupport.data.manifests import ManifestError, load_manifest
 
 BASE = {"title": "T", "modality": "fundus", "license": "CC0", "citation": "-"}
 
@@ -314,6 +314,17 @@ def test_url_checksum_mismatch(http_dir, tmp_path):
     assert "field 'source.sha256'" in str(info.value) and "checksum mismatch" in str(info.value)
 
 
+def test_file_url_works_for_a_local_mirror(tmp_path):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    sha = _zip_dataset(mirror, tmp_path)
+    m = url_manifest((mirror / "set.zip").as_uri(), sha)
+    assert m.source["url"].startswith("file://") and len(build_dataset(m, "train", image_size=16)) == 4
+    bad = load_manifest({**url_manifest((mirror / "set.zip").as_uri(), "1" * 64).data, "name": "web-bad"})
+    with pytest.raises(DataError, match="checksum mismatch"):
+        build_dataset(bad, "train")
+
+
 def test_url_network_unavailable():
     import socket
 
@@ -350,3 +361,65 @@ def test_shipped_manual_manifests_explain_themselves():
 def test_verify_synthetic():
     rep = datasets.verify("fundus-procedural", max_images=10)
     assert rep["source"] == "synthetic" and set(rep["splits"]) == {"train", "val", "test"}
+
+
+# ----------------------------------------------------------------------------- the user's own split
+
+
+def user_csv(tmp_path, n=30, shared=0, **extra):
+    """A user's folder of PNGs and a CSV with their own train/test column and patient codes
+    (two images per patient); ``shared`` patients also have an image in the test rows."""
+    save_images(tmp_path / "img", n)
+    rows = [f"im{i}.png,{i % 3},{'TEST' if i >= n * 2 // 3 else 'TRAIN'},p{i // 2}" for i in range(n)]
+    for k in range(shared):                                 # a training patient's second image sits in test
+        rows[2 * k + 1] = f"im{2 * k + 1}.png,{(2 * k + 1) % 3},TEST,p{k}"
+    return csv_manifest(tmp_path, "file,y,part,patient\n" + "\n".join(rows) + "\n", patient_column="patient",
+                        splits={"column": "part", "values": {"train": "TRAIN", "test": "TEST"}, **extra})
+
+
+def test_a_split_column_without_validation_rows_is_a_clear_error(tmp_path):
+    m = user_csv(tmp_path)
+    assert len(build_dataset(m, "train")) == 20 and len(build_dataset(m, "test")) == 10
+    with pytest.raises(DataError, match="'val' split has no images.*splits.val_fraction"):
+        build_dataset(m, "val")
+    report = datasets.verify(m)
+    assert report["splits"]["val"]["images"] == 0 and "val_fraction" in report["problems"][0]
+
+
+def test_val_fraction_carves_whole_patients_out_of_the_users_training_rows(tmp_path):
+    m = user_csv(tmp_path, seed=0, val_fraction=0.2)
+    items = datasets.list_items(m)
+    split_of = {it.path.name: it.split for it in items}
+    assert {n for n, s in split_of.items() if s == "test"} == {f"im{i}.png" for i in range(20, 30)}   # the user's
+    val_patients = {it.patient for it in items if it.split == "val"}
+    train_patients = {it.patient for it in items if it.split == "train"}
+    assert len(val_patients) == 2 and not (val_patients & train_patients)
+    assert "validation = 20% of the training patients" in m.split_rule()
+    assert datasets.verify(m)["problems"] == []
+
+
+def test_ambiguous_split_settings_are_refused(tmp_path):
+    with pytest.raises(ManifestError, match="splits.fractions.*given together with splits.column"):
+        user_csv(tmp_path / "a", fractions={"train": 0.6, "val": 0.2, "test": 0.2})
+    with pytest.raises(ManifestError, match="splits.values.*same value 'TRAIN'"):
+        csv_manifest(tmp_path, "file,y,split\n", splits={"column": "split", "values": {"train": "TRAIN",
+                                                                                         "val": "TRAIN", "test": "T"}})
+
+
+def test_patients_across_splits_warn_or_fail_when_the_manifest_says_so(tmp_path):
+    m = user_csv(tmp_path / "a", shared=2)
+    with pytest.warns(UserWarning, match=r"train/test: 2 patient\(s\)"):
+        build_dataset(m, "train")
+    report = datasets.verify(m)
+    assert report["shared_patients"]["train/test"]["patients"] == 2 and any("p0" in p for p in report["problems"])
+    strict = user_csv(tmp_path / "b", shared=2)
+    strict = load_manifest({**strict.data, "patient_disjoint": True})
+    with pytest.raises(DataError, match="patient_disjoint"):
+        build_dataset(strict, "train")
+
+
+def test_a_fractional_label_is_not_a_class(tmp_path):
+    save_images(tmp_path / "img", 1)
+    m = csv_manifest(tmp_path, "file,y,split\nim0.png,2.5,train\n")
+    with pytest.raises(DataError, match=r"label '2.5'.*class index \(0-2\)"):
+        build_dataset(m, "train")

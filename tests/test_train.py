@@ -112,3 +112,47 @@ def test_multi_label_training_uses_bce_and_auc(tmp_path):
                            TrainConfig(epochs=3, lr=1e-3, batch_size=6, warmup_epochs=0.5), progress=False)
     assert "auc" in res.test and "kappa" not in res.test and set(res.test["per_finding_auc"]) <= {0, 1}
     assert res.best_val["auc"] == max(h["val_auc"] for h in res.history if h["val_auc"] == h["val_auc"])
+
+
+def test_a_kill_while_publishing_a_checkpoint_resumes_exactly(tmp_path, monkeypatch):
+    """Killed after epoch 2's files are written but before its manifest: the resume starts from
+    epoch 1's consistent checkpoint and ends where an uninterrupted run ends."""
+    from nbsupport.core import checkpoints
+
+    tr, va, te = data()
+    cfg = TrainConfig(epochs=3, lr=1e-3, batch_size=8, warmup_epochs=0.5)
+    straight = model(seed=5)
+    ref = train_classifier(straight, tr, va, te, 5, cfg, checkpoint_dir=tmp_path / "a", progress=False)
+
+    real_write, calls = checkpoints.write_json, []
+
+    def dying_write(path, payload, indent=1):
+        if str(path).endswith("last.json"):
+            calls.append(payload["state"]["epoch"])
+            if payload["state"]["epoch"] == 2:
+                raise KeyboardInterrupt("killed while publishing epoch 2")
+        return real_write(path, payload, indent)
+
+    monkeypatch.setattr(checkpoints, "write_json", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(model(seed=5), tr, va, te, 5, cfg, checkpoint_dir=tmp_path / "b", progress=False)
+    monkeypatch.undo()
+    assert calls == [1, 2]
+    resumed = model(seed=5)
+    res = train_classifier(resumed, tr, va, te, 5, cfg, checkpoint_dir=tmp_path / "b", progress=False)
+    assert res.resumed_from_epoch == 1 and [h["epoch"] for h in res.history] == [1, 2, 3]
+    sa, sb = methods.trainable_state_dict(straight), methods.trainable_state_dict(resumed)
+    assert all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in sa)
+    assert res.test == pytest.approx(ref.test)
+
+
+def test_a_truncated_checkpoint_names_its_folder_and_the_fix(tmp_path):
+    from nbsupport.core.checkpoints import CheckpointError
+
+    tr, va, te = data()
+    cfg = TrainConfig(epochs=2, lr=1e-3, batch_size=8, warmup_epochs=0.5)
+    train_classifier(model(), tr, va, te, 5, cfg, checkpoint_dir=tmp_path / "run", progress=False, stop_after_epochs=1)
+    (weights,) = [p for p in (tmp_path / "run").glob("last-*.safetensors") if "optimizer" not in p.name]
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=f"{tmp_path / 'run'}.*delete"):
+        train_classifier(model(), tr, va, te, 5, cfg, checkpoint_dir=tmp_path / "run", progress=False)

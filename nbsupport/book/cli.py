@@ -114,7 +114,12 @@ def _cmd_data(args: argparse.Namespace) -> int:
         if args.data_command == "describe":
             print(m.describe())
         elif args.data_command == "verify":
-            print(json.dumps(datasets.verify(m, args.max_images), indent=2))
+            report = datasets.verify(m, args.max_images)
+            print(json.dumps(report, indent=2))
+            for problem in report.get("problems", []):
+                print(f"problem: {problem}", file=sys.stderr)
+            if report.get("problems"):
+                return 1
         elif args.data_command == "fetch":
             print(f"{m.name}: ready in {datasets.fetch(m)}")
     except (manifests.ManifestError, datasets.DataError, datasets.DataUnavailableError, FileNotFoundError) as exc:

@@ -142,3 +142,12 @@ class StepCheckpoints:
             raise CheckpointError(f"the {stage!r} checkpoint in {self.root} cannot be read "
                                   f"({exc.__class__.__name__}: {str(exc)[:200]}); {self._fix()}") from exc
         return tensors, manifest["state"]
+
+    def load_optimizer(self, stage: str, opt: torch.optim.Optimizer) -> None:
+        """Only the optimizer state of the published checkpoint (after checking its state)."""
+        try:
+            manifest = json.loads((self.root / f"{stage}.json").read_text(encoding="utf-8"))
+            load_optimizer(opt, self.root / manifest["optimizer"], manifest["optimizer_meta"])
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError, safetensors.SafetensorError) as exc:
+            raise CheckpointError(f"the {stage!r} optimizer state in {self.root} cannot be read "
+                                  f"({exc.__class__.__name__}: {str(exc)[:200]}); {self._fix()}") from exc

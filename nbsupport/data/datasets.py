@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -378,7 +379,8 @@ def _items_from_csv(manifest: Manifest, layout: dict[str, Any], base: Path) -> l
     label_sep = layout.get("label_separator")
     positives = {str(v) for v in layout.get("positive_values", ["1", "1.0", "True", "true"])}
     split_cfg = manifest["splits"]
-    values = {**{s: s for s in SPLIT_NAMES}, **split_cfg.get("values", {})}
+    used = [k for k in SPLIT_NAMES if not (k == "val" and "val_fraction" in split_cfg)]
+    values = {k: split_cfg.get("values", {}).get(k, k) for k in used}      # split -> value in the column
     items: list[ImageItem] = []
     missing: list[str] = []
     target: int | list[float] | None
@@ -401,21 +403,26 @@ def _items_from_csv(manifest: Manifest, layout: dict[str, Any], base: Path) -> l
                 target = classes.index(raw)
             else:
                 try:
-                    target = int(float(raw))
+                    value = float(raw)
+                    if not value.is_integer():
+                        raise ValueError(raw)
+                    target = int(value)
                 except ValueError:
                     raise DataError(csv_path, "label_columns", f"line {row_no}: label {raw!r} in column "
                                                                f"{label_cols[0]!r} is neither a class name "
-                                                               f"{classes} nor a class index") from None
+                                                               f"{classes} nor a class index (0-{len(classes) - 1})") from None
                 if not 0 <= target < len(classes):
                     raise DataError(csv_path, "label_columns", f"line {row_no}: class index {target} out of "
                                                                f"range for {len(classes)} classes")
         split = None
         if "column" in split_cfg:
             raw_split = str(r[split_cfg["column"]])
-            split = next((k for k, v in values.items() if v == raw_split and k in SPLIT_NAMES), None)
+            split = next((k for k, v in values.items() if v == raw_split), None)
             if split is None:
                 raise DataError(csv_path, "splits.column", f"line {row_no}: split value {raw_split!r} is not "
-                                                           f"one of {sorted(set(values.values()))}")
+                                                           f"one of {sorted(set(values.values()))}; map the "
+                                                           "column's values with splits.values (e.g. "
+                                                           "{train: TRAIN, test: HOLDOUT})")
         masks = None
         if "mask_columns" in layout:
             masks = [image_root / str(r[c]) for c in layout["mask_columns"]]
@@ -428,9 +435,28 @@ def _items_from_csv(manifest: Manifest, layout: dict[str, Any], base: Path) -> l
     return items
 
 
+def _group(it: ImageItem) -> str:
+    return it.patient if it.patient is not None else str(it.path)
+
+
+def _carve_validation(items: list[ImageItem], fraction: float, seed: int) -> None:
+    """Move ``fraction`` of the training groups (patients, else images) to validation."""
+    groups = sorted({_group(it) for it in items if it.split == "train"})
+    rng = np.random.default_rng([seed, 1])
+    n_val = max(1, int(round(fraction * len(groups)))) if groups else 0
+    chosen = {groups[i] for i in rng.permutation(len(groups))[:n_val]}
+    for it in items:
+        if it.split == "train" and _group(it) in chosen:
+            it.split = "val"
+
+
 def _assign_splits(items: list[ImageItem], split_cfg: dict[str, Any]) -> None:
-    """Random split by ``fractions``, grouped by patient when known (never split a patient)."""
+    """The manifest's split rule: the user's column (validation carved out of its training rows
+    with ``val_fraction``), else a random split by ``fractions``, grouped by patient when known
+    (never split a patient)."""
     if all(it.split is not None for it in items):
+        if "val_fraction" in split_cfg:
+            _carve_validation(items, float(split_cfg["val_fraction"]), int(split_cfg.get("seed", 0)))
         return
     fr = split_cfg.get("fractions")
     if fr is None:
@@ -468,7 +494,31 @@ def list_items(manifest: Manifest, download: bool = True) -> list[ImageItem]:
     items = (_items_from_folder(manifest, layout, base) if layout["type"] == "folder"
              else _items_from_csv(manifest, layout, base))
     _assign_splits(items, manifest["splits"])
+    _check_patients(manifest, items)
     return items
+
+
+def shared_patients(items: list[ImageItem]) -> dict[str, list[str]]:
+    """Patients with images in more than one split (``{"train/test": [ids]}``), see
+    :func:`nbsupport.data.leakage.shared_groups`."""
+    from nbsupport.data.leakage import shared_groups
+
+    return shared_groups({s: [it.patient for it in items if it.split == s] for s in SPLIT_NAMES})
+
+
+def _check_patients(manifest: Manifest, items: list[ImageItem]) -> None:
+    """Patients across splits: an error when the manifest says ``patient_disjoint: true``, else a warning."""
+    shared = shared_patients(items)
+    if not shared:
+        return
+    where = manifest.path or manifest.name
+    said = "; ".join(f"{pair}: {len(ids)} patient(s), e.g. {ids[:3]}" for pair, ids in shared.items())
+    msg = (f"{where}: the same patients have images in more than one split ({said}). A model tested on a "
+           "patient it trained on scores too well. Fix the split column, or use splits.fractions / "
+           "splits.val_fraction with patient_column (they never split a patient)")
+    if manifest.get("patient_disjoint"):
+        raise DataError(where, "patient_disjoint", msg)
+    warnings.warn(msg, stacklevel=3)
 
 
 def _check_manual(manifest: Manifest) -> None:
@@ -483,10 +533,26 @@ def _check_manual(manifest: Manifest) -> None:
             f"the cache root is set by $NBSUPPORT_CACHE. Homepage: {src.get('homepage', manifest.get('homepage', '-'))}")
 
 
+def _copy_local(url: str, output_file: Any, pooch_: Any) -> None:
+    """A pooch downloader for ``file://`` URLs (a local mirror): copies the file; pooch checks the hash."""
+    import shutil
+    from urllib.parse import unquote, urlparse
+
+    path = Path(unquote(urlparse(url).path))
+    if not path.is_file():
+        raise FileNotFoundError(f"{url}: no such local file ({path})")
+    if hasattr(output_file, "write"):
+        with open(path, "rb") as f:
+            shutil.copyfileobj(f, output_file)
+    else:
+        shutil.copyfile(path, output_file)
+
+
 def fetch(manifest: Manifest | str, download: bool = True) -> Path:
     """Make a manifest's data available locally; return its directory.
 
-    ``url``: pooch downloads and checks the sha256 (once; cached). ``medmnist``: the npz.
+    ``url``: pooch downloads and checks the sha256 (once; cached); ``file://`` URLs copy from a
+    local mirror (hash checked the same way). ``medmnist``: the npz.
     ``manual``: raises :class:`DataUnavailableError` with instructions until the files are there.
     ``synthetic``/``folder``/``csv``: nothing to fetch.
     """
@@ -508,7 +574,8 @@ def fetch(manifest: Manifest | str, download: bool = True) -> Path:
             pooch.Untar(extract_dir=".") if archive == "tar" else None)
         try:
             pooch.retrieve(src["url"], known_hash=f"sha256:{src['sha256'].lower()}", fname=fname,
-                           path=target, processor=processor, progressbar=False)
+                           path=target, processor=processor, progressbar=False,
+                           downloader=_copy_local if src["url"].startswith("file://") else None)
         except ValueError as exc:
             if "hash" in str(exc).lower():
                 raise DataError(src["url"], "source.sha256",
@@ -541,6 +608,7 @@ def verify(manifest: Manifest | str, max_images: int | None = None) -> dict[str,
     manifest = load_manifest(manifest) if not isinstance(manifest, Manifest) else manifest
     src = manifest.source
     report: dict[str, Any] = {"name": manifest.name, "source": src["type"], "splits": {}}
+    report["split_rule"] = manifest.split_rule()
     if src["type"] == "synthetic":
         for s in SPLIT_NAMES:
             ds = build_dataset(manifest, s, image_size=64, limit=max_images)
@@ -552,7 +620,12 @@ def verify(manifest: Manifest | str, max_images: int | None = None) -> dict[str,
             ds = MedMNISTDataset(manifest, s, download=False)
             report["splits"][s] = {"images": len(ds), "classes": np.bincount(ds.targets).tolist()}
         return report
-    items = list_items(manifest, download=False)
+    report["split_rule"] = manifest.split_rule()
+    with warnings.catch_warnings():                       # shared patients are reported below instead
+        warnings.simplefilter("ignore", UserWarning)
+        items = list_items(manifest, download=False)
+    report["shared_patients"] = {pair: {"patients": len(ids), "examples": ids[:3]}
+                                 for pair, ids in shared_patients(items).items()}
     for i, it in enumerate(items):
         if max_images is not None and i >= max_images:
             break
@@ -562,6 +635,13 @@ def verify(manifest: Manifest | str, max_images: int | None = None) -> dict[str,
     for s in SPLIT_NAMES:
         sub = [it for it in items if it.split == s]
         report["splits"][s] = {"images": len(sub)}
+    problems = [f"the {s!r} split has no images: the chapters need train, val and test"
+                + (" (add splits.val_fraction to carve validation out of the training rows)"
+                   if s == "val" and "column" in manifest["splits"] else "")
+                for s in SPLIT_NAMES if not report["splits"][s]["images"]]
+    problems += [f"{v['patients']} patient(s) in both {pair}, e.g. {v['examples']}"
+                 for pair, v in report["shared_patients"].items()]
+    report["problems"] = problems
     return report
 
 
@@ -608,7 +688,15 @@ def build_dataset(
         if limit is not None and limit < len(ds):
             return _Subset(ds, list(range(limit)))
         return ds
-    items = [it for it in list_items(manifest, download=download) if it.split == split]
+    everything = list_items(manifest, download=download)
+    items = [it for it in everything if it.split == split]
+    if not items:
+        counts = {s: sum(it.split == s for it in everything) for s in SPLIT_NAMES}
+        fix = ("add splits.val_fraction (e.g. 0.15) to carve a validation split out of the training rows"
+               if split == "val" and "column" in manifest["splits"] else
+               "check splits.column / splits.values, or the fractions")
+        raise DataError(where, "splits", f"the {split!r} split has no images (split rule: {manifest.split_rule()}; "
+                                         f"images per split: {counts}); {fix}")
     if limit is not None:
         items = items[:limit]
     return ImageListDataset(items, manifest, task, image_size, mean, std, transform)

@@ -111,7 +111,7 @@ SOURCE_SCHEMAS: dict[str, dict[str, Any]] = {
         "required": ["type", "url", "sha256", "layout"],
         "properties": {
             "type": {"const": "url"},
-            "url": {"type": "string", "pattern": "^(https?|ftp)://"},
+            "url": {"type": "string", "pattern": "^(https?|ftp|file)://"},
             "sha256": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
             "archive": {"enum": ["none", "zip", "tar"]},
             "layout": {"type": "object"},
@@ -153,6 +153,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
         "label_columns": _str_list,
         "multi_label": {"type": "boolean"},
         "patient_column": _str,
+        "patient_disjoint": {"type": "boolean"},
         "caption_template": _str,
         "caption_empty": _str,
         "native_resolution": _pos_int,
@@ -173,6 +174,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                                    for k in SPLIT_NAMES},
                 },
                 "seed": {"type": "integer", "minimum": 0},
+                "val_fraction": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
                 "builtin": {"type": "boolean"},
             },
         },
@@ -274,6 +276,30 @@ def validate_manifest(data: Any, file: str | Path = "<manifest>") -> dict[str, A
             total = sum(splits["fractions"].values())
             if abs(total - 1.0) > 1e-6:
                 raise ManifestError(file, "splits.fractions", f"fractions must sum to 1, got {total:g}")
+        if "column" in splits and "fractions" in splits:
+            raise ManifestError(file, "splits.fractions", "given together with splits.column: the column decides "
+                                                          "the split; to carve a validation split out of the "
+                                                          "column's training rows use splits.val_fraction instead")
+        if "val_fraction" in splits and "column" not in splits and "builtin" not in splits:
+            raise ManifestError(file, "splits.val_fraction", "carves validation out of the training rows of "
+                                                             "splits.column (or a builtin split); with "
+                                                             "splits.fractions give fractions.val instead")
+        values = splits.get("values", {})
+        unknown = sorted(set(values) - set(SPLIT_NAMES))
+        if unknown:
+            raise ManifestError(file, f"splits.values.{unknown[0]}", f"unknown split name; expected some of {SPLIT_NAMES}")
+        if "val_fraction" in splits and "val" in values:
+            raise ManifestError(file, "splits.values.val", "given together with splits.val_fraction: validation "
+                                                           "comes either from the column or from the training rows")
+        used = [k for k in SPLIT_NAMES if not (k == "val" and "val_fraction" in splits)]
+        raw = [values.get(k, k) for k in used]
+        if len(set(raw)) != len(raw):
+            dup = sorted({v for v in raw if raw.count(v) > 1})[0]
+            raise ManifestError(file, "splits.values", f"two splits map to the same value {dup!r}: each value of "
+                                                       "the split column must name one split (to take validation "
+                                                       "images from the training rows, use splits.val_fraction)")
+    if out.get("patient_disjoint") and "patient_column" not in out:
+        raise ManifestError(file, "patient_disjoint", "needs patient_column (which column names the patient)")
     if "patient_column" in out and layout.get("type") != "csv":
         raise ManifestError(file, "patient_column", "only a csv source can name a patient column")
     out.setdefault("description", "")
@@ -320,6 +346,27 @@ class Manifest:
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.data.get(key, default)
+
+    def split_rule(self) -> str:
+        """How this manifest's images are split, in words (printed by ``data verify``, recorded in runs)."""
+        sp = self.data["splits"]
+        if self.source["type"] == "synthetic":
+            return f"procedural: {sp['train']} / {sp['val']} / {sp['test']} images (train / val / test)"
+        by = f"patients ({self.data['patient_column']!r})" if "patient_column" in self.data else "images"
+        if "column" in sp:
+            values = {k: sp.get("values", {}).get(k, k) for k in SPLIT_NAMES}
+            if "val_fraction" in sp:
+                values.pop("val")
+            rule = f"column {sp['column']!r}: " + ", ".join(f"{k} = {v!r}" for k, v in values.items())
+        elif "fractions" in sp:
+            fr = sp["fractions"]
+            return (f"random by {by}: {fr['train']:.0%} / {fr['val']:.0%} / {fr['test']:.0%} (train / val / test), "
+                    f"seed {sp.get('seed', 0)}")
+        else:
+            rule = "the dataset's own (builtin) split"
+        if "val_fraction" in sp:
+            rule += f"; validation = {sp['val_fraction']:.0%} of the training {by}, seed {sp.get('seed', 0)}"
+        return rule
 
     def resolve(self, value: str) -> Path:
         """Resolve a path field: ``${VAR}`` and ``~`` expanded; relative to the cache data dir."""

@@ -6,13 +6,14 @@ GradScaler on a T4, bf16 where supported) with trainable parameters kept in fp32
 cast to half; gradient checkpointing; 8-bit AdamW when bitsandbytes works (else AdamW, with a
 notice); SDPA attention (diffusers' default); VAE latents and text embeddings computed once and
 cached when those models are frozen; gradient accumulation. Checkpoints hold trainable tensors only
-(safetensors) plus the optimizer state (also safetensors) and a JSON state; an interrupted run
-resumes from its last checkpoint with the same data order and noise.
+(safetensors) plus the optimizer state (also safetensors), published together with the counters
+through one manifest (:class:`~nbsupport.core.checkpoints.StepCheckpoints`), so a kill at any moment
+leaves one consistent checkpoint; an interrupted run resumes from it with the same data order and
+noise.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,8 +25,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from nbsupport.core.checkpoints import load_optimizer, save_optimizer, write_json
-from nbsupport.sd.methods import SD_METHODS, load_trainable, prepare, save_trainable
+from nbsupport.core.checkpoints import CheckpointError, StepCheckpoints
+from nbsupport.sd.methods import SD_METHODS, prepare, save_trainable, trainable_state
 from nbsupport.sd.models import SDComponents
 
 __all__ = ["SDTrainConfig", "SDTrainResult", "train_sd", "encode_prompts", "make_optimizer", "denoising_loss",
@@ -144,7 +145,7 @@ def train_sd(
         method: a key of :data:`nbsupport.sd.methods.SD_METHODS`.
         dataset: items ``{"pixel_values": [3, H, W] in [-1, 1], "caption": str}``.
         cfg: :class:`SDTrainConfig`.
-        checkpoint_dir: where ``last.safetensors`` (+ optimizer, state) and ``final`` go.
+        checkpoint_dir: where the step checkpoints (``last.json`` + files) and ``final.safetensors`` go.
         stop_after_steps: stop after this many optimizer steps of this call (as a disconnect would).
     """
     device = torch.device(device)
@@ -197,25 +198,31 @@ def train_sd(
                     text_cache[item["caption"]] = encode_prompts(components, [item["caption"]], device)[0].float().cpu()
 
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+    checkpoints = StepCheckpoints(ckpt) if ckpt is not None else None
     start_step, losses, seconds, samples = 0, [], 0.0, 0
-    if ckpt is not None:
-        ckpt.mkdir(parents=True, exist_ok=True)
-        if resume and (ckpt / "last_state.json").exists():
-            state = json.loads((ckpt / "last_state.json").read_text(encoding="utf-8"))
-            if state.get("method") != method:
-                raise ValueError(f"{ckpt} holds a {state.get('method')!r} run, not {method!r}: use another folder")
-            load_trainable(components, ckpt / "last.safetensors")
-            load_optimizer(opt, ckpt / "last_optimizer.safetensors", state["optimizer"])
-            start_step, losses = state["step"], state["losses"]
-            seconds, samples = state.get("seconds", 0.0), state.get("samples", 0)
-            if progress:
-                print(f"resuming {method} from {ckpt} at step {start_step}")
+    if checkpoints is not None and resume and checkpoints.exists("last"):
+        tensors, state = checkpoints.load("last", "cpu")
+        if state.get("method") != method:
+            raise ValueError(f"{ckpt} holds a {state.get('method')!r} run, not {method!r}: use another folder")
+        checkpoints.load_optimizer("last", opt)
+        named = {f"{c}.{n}": p for c, m in components.models().items() for n, p in m.named_parameters()}
+        expected = set(trainable_state(components))
+        if set(tensors) != expected:
+            raise CheckpointError(f"{ckpt}: the checkpoint's tensors do not match the {method!r} setup "
+                                  f"(missing {sorted(expected - set(tensors))[:3]}); delete {ckpt} to start afresh")
+        with torch.no_grad():
+            for k, v in tensors.items():
+                named[k].copy_(v.to(named[k].device, named[k].dtype))
+        start_step, losses = state["step"], state["losses"]
+        seconds, samples = state.get("seconds", 0.0), state.get("samples", 0)
+        if progress:
+            print(f"resuming {method} from {ckpt} at step {start_step}")
 
     def save_last(step: int) -> None:
-        save_trainable(components, ckpt / "last.safetensors", {"step": step})
-        meta = save_optimizer(opt, ckpt / "last_optimizer.safetensors")
-        write_json(ckpt / "last_state.json", {"method": method, "step": step, "losses": losses, "seconds": seconds,
-                                              "samples": samples, "optimizer": meta, "config": asdict(cfg)}, indent=None)
+        """Weights, optimizer and counters of one step, published together (see StepCheckpoints)."""
+        checkpoints.save("last", trainable_state(components), opt,
+                         {"method": method, "step": step, "losses": losses, "seconds": seconds, "samples": samples,
+                          "config": asdict(cfg)}, step)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

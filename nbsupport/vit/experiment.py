@@ -148,6 +148,14 @@ def default_train_config(profile: str | Profile, method: str, **overrides: Any) 
     return cfg
 
 
+def _data_provenance(data: ClassificationData, train_set: Dataset) -> dict[str, Any]:
+    """What the run trained and was tested on: the split rule and the splits' fingerprints."""
+    manifest = getattr(data.test, "manifest", None)
+    return {"split_rule": manifest.split_rule() if manifest is not None else None, "n_train": len(train_set),
+            "fingerprints": {"train": fingerprint(train_set), "val": fingerprint(data.val),
+                             "test": fingerprint(data.test)}}
+
+
 def run_method(
     method: str,
     backbone: Backbone,
@@ -187,7 +195,7 @@ def run_method(
     model = methods.adapt(model, method, **(config or {}))
     # the key holds everything that decides the trained model, and nothing else: the same run asked for by
     # two chapters (or under two labels) is trained once; a changed split or label is trained afresh
-    key = run_key("classification-v2", backbone.name, backbone.weights, backbone.image_size, method,
+    key = run_key("classification-v3", backbone.name, backbone.weights, backbone.image_size, method,
                   model.nbsupport_method, asdict(train_config), fingerprint(train_set), fingerprint(data.val),
                   fingerprint(data.test))
     ckpt = cache_dir() / "checkpoints" / "classification" / f"{method}-{key}"
@@ -217,7 +225,7 @@ def run_method(
             method=method, metrics={k: v for k, v in row.items() if k not in ("method", "label", "checkpoint")},
             params={"backbone": backbone.name, "method_config": model.nbsupport_method["config"],
                     "train": asdict(train_config), "resumed_from_epoch": res.resumed_from_epoch,
-                    **(extra_params or {})},
+                    "data": _data_provenance(data, train_set), "checkpoint_key": key, **(extra_params or {})},
             timer=timer, device=device, name=name)
         row["record"] = str(path)
     del model

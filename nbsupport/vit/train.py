@@ -4,12 +4,14 @@ The loop: AdamW on the trainable parameters only, linear warm-up then cosine dec
 mixed precision on CUDA (bf16 where supported, else fp16 with a GradScaler), gradient clipping,
 validation after every epoch with the best-Kappa checkpoint kept, and a held-out test of the best
 model at the end. Checkpoints hold trainable tensors only (safetensors) plus JSON; the optimizer
-state is flattened into safetensors too, so nothing is ever unpickled.
+state is flattened into safetensors too, so nothing is ever unpickled. Each epoch's weights, the
+best weights so far, the optimizer and the counters are published together through one manifest
+(:class:`~nbsupport.core.checkpoints.StepCheckpoints`): a kill at any moment leaves the previous
+epoch's checkpoint or the new one, never a mix.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,9 +25,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from nbsupport.core.checkpoints import load_optimizer, save_optimizer, write_json
+from nbsupport.core.checkpoints import CheckpointError, StepCheckpoints
 from nbsupport.vit.methods import (
-    load_trainable,
     save_trainable,
     trainable_parameters,
     trainable_state_dict,
@@ -146,14 +147,6 @@ def _lr_lambda(total_steps: int, warmup_steps: int):
     return fn
 
 
-def _save_last(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, state: dict[str, Any]) -> None:
-    save_trainable(model, ckpt / "last.safetensors")
-    opt_meta = save_optimizer(opt, ckpt / "last_optimizer.safetensors")
-    sched_sd = {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"}
-    # written last: its presence means a complete checkpoint
-    write_json(ckpt / "last_state.json", {**state, "optimizer": opt_meta, "scheduler": sched_sd})
-
-
 def train_classifier(
     model: nn.Module,
     train_set: Dataset,
@@ -203,26 +196,34 @@ def train_classifier(
                   else torch.compile(model) if cfg.compile == "default" else model)
 
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+    checkpoints = StepCheckpoints(ckpt) if ckpt is not None else None
     start_epoch, best_score, best_epoch, history = 0, -math.inf, -1, []
     train_seconds, steps_done, images_done = 0.0, 0, 0
     best_val: dict[str, float] = {}
     best_state: dict[str, torch.Tensor] | None = None
-    if ckpt is not None:
-        ckpt.mkdir(parents=True, exist_ok=True)
-        if resume and (ckpt / "last_state.json").exists():
-            state = json.loads((ckpt / "last_state.json").read_text(encoding="utf-8"))
-            load_trainable(model, ckpt / "last.safetensors")
-            load_optimizer(opt, ckpt / "last_optimizer.safetensors", state["optimizer"])
-            sched.load_state_dict({**state["scheduler"], "lr_lambdas": [None]})
-            start_epoch, best_score = state["epoch"], state["best_score"]
-            best_epoch, history, best_val = state["best_epoch"], state["history"], state["best_val"]
-            train_seconds = state.get("train_seconds", 0.0)
-            steps_done, images_done = state.get("steps", 0), state.get("images", 0)
-            if start_epoch >= cfg.epochs:
-                print(f"reusing the finished run in {ckpt} ({start_epoch} epochs, best val {select} "
-                      f"{best_score:.4f} at epoch {best_epoch}): only the test set is evaluated again")
-            elif progress:
-                print(f"resuming from {ckpt} after epoch {start_epoch} (best val {select} {best_score:.4f})")
+    if checkpoints is not None and resume and checkpoints.exists("last"):
+        tensors, state = checkpoints.load("last", "cpu")
+        mine = trainable_state_dict(model)
+        last = {k[5:]: v for k, v in tensors.items() if k.startswith("last.")}
+        if set(last) != set(mine):
+            raise CheckpointError(f"{ckpt}: the checkpoint's tensors do not match this model's trainable ones "
+                                  f"(missing {sorted(set(mine) - set(last))[:3]}); delete {ckpt} to start afresh")
+        named = dict(model.named_parameters())
+        with torch.no_grad():
+            for k, v in last.items():
+                named[k].copy_(v.to(named[k].device, named[k].dtype))
+        best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
+        checkpoints.load_optimizer("last", opt)
+        sched.load_state_dict({**state["scheduler"], "lr_lambdas": [None]})
+        start_epoch, best_score = state["epoch"], state["best_score"]
+        best_epoch, history, best_val = state["best_epoch"], state["history"], state["best_val"]
+        train_seconds = state.get("train_seconds", 0.0)
+        steps_done, images_done = state.get("steps", 0), state.get("images", 0)
+        if start_epoch >= cfg.epochs:
+            print(f"reusing the finished run in {ckpt} ({start_epoch} epochs, best val {select} "
+                  f"{best_score:.4f} at epoch {best_epoch}): only the test set is evaluated again")
+        elif progress:
+            print(f"resuming from {ckpt} after epoch {start_epoch} (best val {select} {best_score:.4f})")
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -266,13 +267,14 @@ def train_classifier(
         if score > best_score:
             best_score, best_epoch, best_val = score, epoch + 1, val
             best_state = {k: v.clone() for k, v in trainable_state_dict(model).items()}
-            if ckpt is not None:
-                save_trainable(model, ckpt / "best.safetensors", {"epoch": epoch + 1, "val": val})
-        if ckpt is not None:
-            _save_last(ckpt, model, opt, sched, {"epoch": epoch + 1, "best_score": best_score,
-                                                 "best_epoch": best_epoch, "history": history,
-                                                 "best_val": best_val, "train_seconds": train_seconds,
-                                                 "steps": steps_done, "images": images_done})
+        if checkpoints is not None:      # this epoch's weights, best weights, optimizer and counters: one commit
+            tensors = {f"last.{k}": v for k, v in trainable_state_dict(model).items()}
+            tensors.update({f"best.{k}": v for k, v in (best_state or {}).items()})
+            sched_sd = {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"}
+            checkpoints.save("last", tensors, opt, {
+                "epoch": epoch + 1, "best_score": best_score, "best_epoch": best_epoch, "history": history,
+                "best_val": best_val, "train_seconds": train_seconds, "steps": steps_done, "images": images_done,
+                "scheduler": sched_sd}, epoch + 1)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", **{f"val_{select}": f"{val[select]:.3f}"})
         epochs_run += 1
         if stop_after_epochs is not None and epochs_run >= stop_after_epochs and epoch + 1 < cfg.epochs:
@@ -280,14 +282,14 @@ def train_classifier(
 
     finished = bool(history) and history[-1]["epoch"] == cfg.epochs
     test: dict[str, float] = {}
+    if finished and best_state is not None:
+        named = dict(model.named_parameters())
+        with torch.no_grad():
+            for k, v in best_state.items():
+                named[k].copy_(v.to(named[k].device))
+        if ckpt is not None and not (ckpt / "best.safetensors").exists():
+            save_trainable(model, ckpt / "best.safetensors", {"epoch": best_epoch, "val": best_val})
     if finished and test_set is not None:
-        if best_state is not None:
-            named = dict(model.named_parameters())
-            with torch.no_grad():
-                for k, v in best_state.items():
-                    named[k].copy_(v.to(named[k].device))
-        elif ckpt is not None and (ckpt / "best.safetensors").exists():
-            load_trainable(model, ckpt / "best.safetensors")
         test = evaluate(model, test_set, device, num_classes, cfg.eval_batch_size, cfg.amp, multi)
     peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
     return TrainResult(
