@@ -12,6 +12,7 @@ import pytest
 import safetensors.torch
 import torch
 
+from nbsupport.core.checkpoints import StepCheckpoints
 from nbsupport.data import corpus, fundus
 from nbsupport.vit import backbones, pretrain
 from nbsupport.vit.backbones import BACKBONES, WeightsUnavailableError, create_vit
@@ -79,8 +80,8 @@ def test_pretraining_resumes_to_the_same_weights(tmp_path, smoke_cfg, monkeypatc
     assert not first["done"] and first["step"] == 1          # "interrupted" after one step
     second = pretrain.pretrain(smoke_cfg, tmp_path / "split", device="cpu", progress=False)
     assert second["done"] and second["step"] == smoke_cfg.steps
-    a = safetensors.torch.load_file(str(tmp_path / "whole" / smoke_cfg.key / "last.safetensors"))
-    b = safetensors.torch.load_file(str(tmp_path / "split" / smoke_cfg.key / "last.safetensors"))
+    a, _ = StepCheckpoints(tmp_path / "whole" / smoke_cfg.key).load("last")
+    b, _ = StepCheckpoints(tmp_path / "split" / smoke_cfg.key).load("last")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     rec = pretrain.export_weights(tmp_path / "whole" / smoke_cfg.key, tmp_path / "w.safetensors", {"device": "cpu"})
     assert rec["sha256"] == backbones.sha256_of(tmp_path / "w.safetensors")

@@ -216,7 +216,7 @@ def train_sd(
         start_step, losses = state["step"], state["losses"]
         seconds, samples = state.get("seconds", 0.0), state.get("samples", 0)
         if progress:
-            print(f"resuming {method} from {ckpt} at step {start_step}")
+            print(f"resuming {method} from checkpoint {ckpt.name} at step {start_step}")
 
     def save_last(step: int) -> None:
         """Weights, optimizer and counters of one step, published together (see StepCheckpoints)."""
@@ -330,7 +330,8 @@ def denoising_loss(components: SDComponents, dataset: Dataset, device: torch.dev
 def run_sd_method(components: SDComponents, method: str, train_set: Dataset, test_set: Dataset, cfg: SDTrainConfig,
                   device: torch.device | str, chapter: str, profile: str, dataset: str,
                   progress: bool = True) -> dict[str, Any]:
-    """Train one method (resumable, checkpoints under ``$NBSUPPORT_CACHE/checkpoints/<chapter>``),
+    """Train one method (resumable; checkpoints under ``$NBSUPPORT_CACHE/checkpoints/text-to-image``,
+    keyed by the config, method, weights and the training set's content fingerprint),
     measure the fixed-noise test loss before and after, and write the run record.
 
     Returns ``result`` (:class:`SDTrainResult`), ``test_loss_before``, ``test_loss_after`` and ``record``.
@@ -340,10 +341,12 @@ def run_sd_method(components: SDComponents, method: str, train_set: Dataset, tes
     from nbsupport.core.paths import cache_dir
 
     timer = records.RunTimer(device)
-    key = run_key(asdict(cfg), method, dataset, len(train_set), components.weights, components.name)
+    from nbsupport.data.fingerprint import fingerprint
+
+    key = run_key("sd-v2", asdict(cfg), method, fingerprint(train_set), components.weights, components.name)
     before = denoising_loss(components.to(device), test_set, device, max_items=16)
     res = train_sd(components, method, train_set, cfg, device, progress=progress,
-                   checkpoint_dir=cache_dir() / "checkpoints" / chapter / f"{method}-{key}")
+                   checkpoint_dir=cache_dir() / "checkpoints" / "text-to-image" / f"{method}-{key}")
     after = denoising_loss(components, test_set, device, max_items=16)
     path = records.write_record(
         chapter=chapter, profile=profile, dataset=dataset, weights=components.weights, method=method,

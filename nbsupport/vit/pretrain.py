@@ -38,7 +38,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from ..core.checkpoints import load_optimizer, run_key, save_optimizer, write_json
+from ..core.checkpoints import StepCheckpoints, run_key, write_json
 from ..data.corpus import PARSE_KINDS, CorpusSpec, load_corpus
 from ..core.paths import cache_dir
 from .backbones import POCKET_ARCH, POCKET_MEAN, POCKET_STD, pocket_architecture, sha256_of, weights_dir
@@ -188,25 +188,19 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path | None = None, device: str
                   *target_images("test", cfg.probe_test, cfg.corpus.image_size))
     state: dict[str, Any] = {"step": 0, "elapsed_s": 0.0, "loss_curve": [], "probes": [],
                              "config": asdict(cfg), "key": cfg.key}
-    last = run_dir / "last_state.json"
-    if last.is_file():
-        state = json.loads(last.read_text())
-        tensors = safetensors.torch.load_file(str(run_dir / "last.safetensors"), device=str(device))
+    checkpoints = StepCheckpoints(run_dir)
+    if checkpoints.exists("last"):
+        tensors, state = checkpoints.load("last", device, opt)
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
-        load_optimizer(opt, run_dir / "last_optimizer.safetensors", state.pop("optimizer"))
     elif not state["probes"]:
         state["probes"].append({"step": 0, **target_probe(model, POCKET_MEAN, POCKET_STD, data=probe_data)})
 
     def save() -> None:
+        """Weights, optimizer and counters of one step, published together (StepCheckpoints)."""
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
         tensors.update({f"head.{k}": v for k, v in head.state_dict().items()})
-        tmp = run_dir / "last.tmp"
-        safetensors.torch.save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-        tmp.replace(run_dir / "last.safetensors")
-        opt_meta = save_optimizer(opt, run_dir / "last_optimizer.tmp")
-        (run_dir / "last_optimizer.tmp").replace(run_dir / "last_optimizer.safetensors")
-        write_json(last, {**state, "optimizer": opt_meta})   # written last: a complete checkpoint
+        checkpoints.save("last", tensors, opt, state, state["step"])
 
     mean = torch.tensor(POCKET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(POCKET_STD, device=device).view(1, 3, 1, 1)
@@ -267,9 +261,7 @@ def export_weights(run_dir: str | Path, out: str | Path, extra: dict[str, Any] |
     whatever ``extra`` adds (device, wall time, random-init baselines). Returns the record.
     """
     run_dir, out = Path(run_dir), Path(out)
-    state = json.loads((run_dir / "last_state.json").read_text())
-    state.pop("optimizer", None)
-    tensors = safetensors.torch.load_file(str(run_dir / "last.safetensors"))
+    tensors, state = StepCheckpoints(run_dir).load("last")
     backbone = {k[6:]: v.half().contiguous() for k, v in tensors.items() if k.startswith("model.")}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")

@@ -220,10 +220,10 @@ def train_classifier(
         train_seconds = state.get("train_seconds", 0.0)
         steps_done, images_done = state.get("steps", 0), state.get("images", 0)
         if start_epoch >= cfg.epochs:
-            print(f"reusing the finished run in {ckpt} ({start_epoch} epochs, best val {select} "
-                  f"{best_score:.4f} at epoch {best_epoch}): only the test set is evaluated again")
+            print(f"reusing the finished run {ckpt.name} ({start_epoch} epochs, best val {select} "
+                  f"{best_score:.3f} at epoch {best_epoch}); only the test set is evaluated again")
         elif progress:
-            print(f"resuming from {ckpt} after epoch {start_epoch} (best val {select} {best_score:.4f})")
+            print(f"resuming {ckpt.name} after epoch {start_epoch} (best val {select} {best_score:.3f})")
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
