@@ -219,7 +219,7 @@ def train_classifier(
         best_epoch, history, best_val = state["best_epoch"], state["history"], state["best_val"]
         train_seconds = state.get("train_seconds", 0.0)
         steps_done, images_done = state.get("steps", 0), state.get("images", 0)
-        if start_epoch >= cfg.epochs:
+        if start_epoch >= cfg.epochs and progress:
             print(f"reusing the finished run {ckpt.name} ({start_epoch} epochs, best val {select} "
                   f"{best_score:.3f} at epoch {best_epoch}); only the test set is evaluated again")
         elif progress:
