@@ -65,7 +65,7 @@ def test_a_changed_split_never_resumes_an_old_model(smoke_setup, capsys):
     experiment, bb, data = smoke_setup
     first = experiment.run_method("linear", bb, data, "smoke", "a", "cpu", record=False, progress=False,
                                   train_config=experiment.default_train_config("smoke", "linear", epochs=1))
-    again = experiment.run_method("linear", bb, data, "smoke", "b", "cpu", record=False, progress=False,
+    again = experiment.run_method("linear", bb, data, "smoke", "b", "cpu", record=False, progress=True,
                                   train_config=experiment.default_train_config("smoke", "linear", epochs=1))
     assert again["checkpoint"] == first["checkpoint"] and "reusing" in capsys.readouterr().out
     moved = experiment.ClassificationData(label_subset(data.train, 0.5), data.val, data.test, data.num_classes,

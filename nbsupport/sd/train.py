@@ -344,6 +344,7 @@ def run_sd_method(components: SDComponents, method: str, train_set: Dataset, tes
     from nbsupport.data.fingerprint import fingerprint
 
     key = run_key("sd-v2", asdict(cfg), method, fingerprint(train_set), components.weights, components.name)
+    manifest = getattr(train_set, "manifest", None)
     before = denoising_loss(components.to(device), test_set, device, max_items=16)
     res = train_sd(components, method, train_set, cfg, device, progress=progress,
                    checkpoint_dir=cache_dir() / "checkpoints" / "text-to-image" / f"{method}-{key}")
@@ -354,6 +355,8 @@ def run_sd_method(components: SDComponents, method: str, train_set: Dataset, tes
                  "trainable": res.trainable, "step_time_s": res.step_time_s, "samples_per_s": res.samples_per_s,
                  "peak_memory_bytes": res.peak_memory_bytes,
                  "checkpoint_bytes": Path(res.checkpoint).stat().st_size if res.checkpoint else None},
-        params={"config": asdict(cfg), "notices": res.notices, "cached": res.cached},
+        params={"config": asdict(cfg), "notices": res.notices, "cached": res.cached, "checkpoint_key": key,
+                "data": {"split_rule": manifest.split_rule() if manifest is not None else None,
+                         "fingerprints": {"train": fingerprint(train_set), "test": fingerprint(test_set)}}},
         timer=timer, device=device, name=f"{chapter}-{method}-{dataset}")
     return {"result": res, "test_loss_before": before, "test_loss_after": after, "record": str(path)}
