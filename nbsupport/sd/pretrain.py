@@ -118,6 +118,33 @@ def evaluation_prompts(n: int) -> tuple[list[str], list[int], list[str]]:
     return [source_caption(g, e) for g, e in zip(grades, eyes)], grades, eyes
 
 
+class _StageLog:
+    """A stage's step counter, training wall time and logged loss curve (all kept in its ``state``)."""
+
+    def __init__(self, state: dict[str, Any], total: int, every: int, bar: Any, label: str) -> None:
+        self.state, self.total, self.every, self.bar, self.label = state, total, every, bar, label
+        self.running: list[float] = []
+        self.t_last = time.perf_counter()
+
+    def step(self, loss: float) -> None:
+        """Count one optimisation step; every ``every`` steps append the mean loss to the curve."""
+        self.running.append(loss)
+        self.state["step"] += 1
+        now = time.perf_counter()
+        self.state["elapsed_s"] += now - self.t_last
+        self.t_last = now
+        self.bar.update()
+        if self.state["step"] % self.every == 0 or self.state["step"] == self.total:
+            mean = float(np.mean(self.running))
+            self.state["loss_curve"].append([self.state["step"], mean])
+            self.bar.set_postfix({self.label: f"{mean:.4f}"})
+            self.running = []
+
+    def pause_ended(self) -> None:
+        """Do not count the time since the last step (an evaluation) as training time."""
+        self.t_last = time.perf_counter()
+
+
 def _prefixed(model: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
     return {f"{prefix}.{k}": v for k, v in model.state_dict().items()}
 
@@ -144,8 +171,7 @@ def _train_vae(comp: SDComponents, images: np.ndarray, cfg: SDPretrainConfig, ru
         vae.load_state_dict(_unprefixed(tensors, "vae"))
     n = len(images)
     bar = tqdm(total=cfg.vae_steps, initial=state["step"], desc="pocket SD: VAE", unit="step", disable=not progress)
-    running: list[float] = []
-    t_last = time.perf_counter()
+    log = _StageLog(state, cfg.vae_steps, cfg.log_every, bar, "l1")
     ran = state["step"] < cfg.vae_steps
     while state["step"] < cfg.vae_steps:
         step = state["step"]
@@ -164,16 +190,7 @@ def _train_vae(comp: SDComponents, images: np.ndarray, cfg: SDPretrainConfig, ru
         loss.backward()
         nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
-        running.append(loss.item())
-        state["step"] = step + 1
-        now = time.perf_counter()
-        state["elapsed_s"] += now - t_last
-        t_last = now
-        bar.update()
-        if state["step"] % cfg.log_every == 0 or state["step"] == cfg.vae_steps:
-            state["loss_curve"].append([state["step"], float(np.mean(running))])
-            bar.set_postfix(l1=f"{np.mean(running):.4f}")
-            running = []
+        log.step(loss.item())
         out_of_time = time.perf_counter() >= deadline
         if state["step"] % cfg.checkpoint_every == 0 or state["step"] == cfg.vae_steps or out_of_time:
             run.save("vae", _prefixed(vae, "vae"), opt, state, state["step"])
@@ -276,8 +293,7 @@ def pretrain_sd(cfg: SDPretrainConfig, out_dir: str | Path | None = None, device
     alphas = sched.alphas_cumprod.to(device)
     n = len(means)
     bar = tqdm(total=cfg.steps, initial=state["step"], desc="pocket SD: UNet + text", unit="step", disable=not progress)
-    running: list[float] = []
-    t_last = time.perf_counter()
+    log = _StageLog(state, cfg.steps, cfg.log_every, bar, "loss")
     unet.train()
     text.train()
     while state["step"] < cfg.steps and not (state["step"] > start and time.perf_counter() >= deadline):
@@ -303,22 +319,14 @@ def pretrain_sd(cfg: SDPretrainConfig, out_dir: str | Path | None = None, device
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         _ema_update(ema_unet, unet, decay)
         _ema_update(ema_text, text, decay)
-        running.append(loss.item())
-        state["step"] = step + 1
-        now = time.perf_counter()
-        state["elapsed_s"] += now - t_last
-        t_last = now
-        bar.update()
-        if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
-            state["loss_curve"].append([state["step"], float(np.mean(running))])
-            bar.set_postfix(loss=f"{np.mean(running):.4f}")
-            running = []
+        log.step(loss.item())
         if state["step"] in cfg.eval_at or state["step"] == cfg.steps:
             shipped = replace(comp, unet=ema_unet, text_encoder=ema_text)
             ev = evaluate_pocket(shipped, images[-cfg.holdout:], grades[-cfg.holdout:], eyes[-cfg.holdout:],
                                  cfg, device)
             state["evaluations"].append({"step": state["step"], **ev})
             bar.write(f"step {state['step']}: {ev}")
+            log.pause_ended()
             unet.train()
             text.train()
         if state["step"] % cfg.checkpoint_every == 0 or state["step"] == cfg.steps or time.perf_counter() >= deadline:
