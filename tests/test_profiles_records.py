@@ -82,7 +82,8 @@ def test_chapter_object_sets_up_and_writes_the_record(capsys):
     assert ch.dataset == get_profile("smoke").default_dataset and ch.device.type == "cpu"
     assert book.start("xx", "smoke", task="text-to-image", show=False).dataset == get_profile("smoke").sd_dataset
     assert ch.provenance.startswith("profile smoke | device CPU") and "torch " in ch.provenance
-    path = ch.finish(weights="random", metrics={"x": 1.5}, params={"k": 2})
+    assert ch.finish(weights="random", metrics={"x": 1.5}, params={"k": 2}) is None   # nothing echoed
+    path = ch.record_path
     rec = records.read_record(path)
     assert (rec.chapter, rec.profile, rec.metrics, rec.params) == ("xx_demo", "smoke", {"x": 1.5}, {"seed": 3, "seeds": [0, 1], "k": 2})
     assert rec.wall_time_s is not None and rec.device["type"] == "cpu"

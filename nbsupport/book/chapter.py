@@ -47,6 +47,7 @@ class Chapter:
         dataset: the manifest name the chapter uses (the parameter, else the profile's default).
         timer: wall time and peak memory since :func:`start`.
         provenance: one line: profile, device, library versions, commit.
+        record_path: the run record :meth:`finish` wrote (``None`` before).
     """
 
     name: str
@@ -57,6 +58,7 @@ class Chapter:
     seeds: tuple[int, ...]
     timer: records.RunTimer = field(repr=False)
     provenance: str = ""
+    record_path: Path | None = None
 
     def generated_dir(self, split: str, method: str | None = None) -> Path:
         """Where chapter 6 writes generated images of ``split`` (``eval``/``train``) for this
@@ -65,15 +67,17 @@ class Chapter:
         return root / method if method else root
 
     def finish(self, weights: str, metrics: dict[str, Any], params: dict[str, Any] | None = None,
-               dataset: str | None = None) -> Path:
+               dataset: str | None = None) -> None:
         """Write the chapter's run record (profile, device, versions, commit, wall time, peak memory
-        come from here) and print its file name; returns its path."""
+        come from here) and print its file name; its path is kept in ``ch.record_path``.
+
+        Returns ``None`` so that a chapter's last cell shows the file name, not a path of the machine."""
         params = {"seed": self.seed, "seeds": list(self.seeds), **(params or {})}
         path = records.write_record(chapter=self.name, profile=self.profile.name, dataset=dataset or self.dataset,
                                     weights=weights, metrics=metrics, params=params, timer=self.timer,
                                     device=self.device)
+        self.record_path = path
         print(f"run record: {path.name}")
-        return path
 
 
 def start(name: str, profile: str | Profile, seed: int = 0, dataset: str | None = None,

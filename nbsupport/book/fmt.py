@@ -1,0 +1,148 @@
+"""Numbers and tables for people: significant digits, thousands separators, percentages, labels.
+
+Every table a chapter shows goes through :func:`table`, so the book prints ``0.784 ± 0.010``
+rather than ``0.78412`` and ``0.0104`` in two columns, ``85,802,501`` rather than ``85802501``,
+``0.49 %`` rather than ``0.4912``, ``–`` rather than ``NaN``, and ``Kappa (test)`` rather than
+``test_kappa``.
+
+>>> fmt.sig(0.0123456)
+'0.0123'
+>>> fmt.table(summary, mean_std=["test_kappa"], columns=["test_kappa", "trainable", "trainable_pct"])
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping, Sequence
+
+__all__ = ["LABELS", "sig", "count", "percent", "mean_std", "label", "table"]
+
+#: Display names of the run records' keys (a table's columns are renamed with these).
+LABELS: dict[str, str] = {
+    "test_kappa": "Kappa (test)", "test_accuracy": "accuracy (test)", "test_auc": "AUC (test)",
+    "test_f1": "macro F1 (test)", "val_kappa": "Kappa (val)", "kappa": "Kappa",
+    "trainable": "trainable params", "trainable_pct": "trainable %", "added": "added params",
+    "checkpoint_MB": "checkpoint (MB)", "checkpoint_bytes": "checkpoint (bytes)", "step_ms": "step (ms)",
+    "step_time_s": "step (s)", "peak_GiB": "peak memory (GiB)", "images_per_s": "images/s", "MFU_%": "MFU %",
+    "lr": "learning rate", "learning_rates": "learning rates", "seeds": "seeds", "method": "method",
+    "fid": "FID", "fid_std": "FID std", "kid": "KID", "kid_std": "KID std", "vendi": "Vendi", "alignment": "alignment",
+    "test_score": "test score", "fraction": "labelled fraction", "generator": "generator", "classifier": "classifier",
+    "label": "method", "final_loss": "final loss", "first_loss": "first loss", "train_minutes": "training (min)",
+}
+
+
+def _missing(x: Any) -> bool:
+    try:
+        return x is None or (isinstance(x, float) and math.isnan(x)) or bool(x != x)
+    except (TypeError, ValueError):
+        return False
+
+
+def sig(x: Any, digits: int = 3, dash: str = "–") -> str:
+    """``x`` with ``digits`` significant digits, thousands separated, no exponent above 1e-4.
+
+    ``sig(0.78412) == "0.784"``, ``sig(1234.5) == "1,234"``, ``sig(3e-6) == "3e-06"``, NaN/None -> ``dash``.
+    """
+    if _missing(x):
+        return dash
+    if isinstance(x, str):
+        return x
+    x = float(x)
+    if x == 0:
+        return "0"
+    mag = math.floor(math.log10(abs(x)))
+    if mag >= 7:
+        return f"{x:,.0f}"
+    if mag < -4:
+        return f"{x:.{max(digits - 1, 0)}e}"
+    decimals = max(digits - 1 - mag, 0)
+    return f"{round(x, decimals):,.{decimals}f}"
+
+
+def count(x: Any, dash: str = "–") -> str:
+    """An integer with thousands separators: ``85,802,501``."""
+    return dash if _missing(x) else f"{int(round(float(x))):,}"
+
+
+def percent(x: Any, digits: int = 2, scale: float = 1.0, dash: str = "–") -> str:
+    """``x * scale`` as a percentage with ``digits`` significant digits (``percent(0.4912) == "0.49 %"``;
+    ``percent(0.25, scale=100) == "25 %"``)."""
+    return dash if _missing(x) else f"{sig(float(x) * scale, digits)} %"
+
+
+def _mean_std(mean: Any, std: Any, digits: int = 3) -> str:
+    """``"0.784 ± 0.010"``: the std with 2 significant digits and the mean to the same decimals;
+    just the mean when the std is missing (one seed)."""
+    if _missing(mean):
+        return "–"
+    if _missing(std) or float(std) == 0:
+        return sig(mean, digits)
+    s = float(std)
+    decimals = max(1 - math.floor(math.log10(abs(s))), 0)
+    return f"{float(mean):,.{decimals}f} ± {s:.{decimals}f}"
+
+
+mean_std = _mean_std
+
+
+def label(key: str) -> str:
+    """The display name of a record key (:data:`LABELS`), else the key with ``_`` as spaces."""
+    return LABELS.get(key, key.replace("_", " "))
+
+
+def table(df: "Any", columns: Sequence[str] | None = None, mean_std: Iterable[str] = (),
+          counts: Iterable[str] = (), percents: Mapping[str, float] | Iterable[str] = (),
+          sci: Iterable[str] = ("lr",), digits: int = 3, labels: Mapping[str, str] | None = None, caption: str | None = None) -> "Any":
+    """A display copy of ``df`` (a pandas DataFrame or Series) with every cell formatted as text.
+
+    Args:
+        df: the numbers (not modified).
+        columns: which columns to show, in order (default: all); a ``<c>_std`` column next to a
+            ``mean_std`` column is folded into it and need not be listed.
+        mean_std: columns shown as ``mean ± std`` with their ``<c>_std`` companion.
+        counts: integer columns (thousands separators).
+        percents: columns shown as percentages; a mapping gives each one's scale (values already in
+            percent: 1; fractions: 100). A plain list means already in percent.
+        sci: columns in scientific notation with 2 significant digits (learning rates: ``1.5e-03``).
+        digits: significant digits of every other number.
+        labels: extra display names (beyond :data:`LABELS`).
+        caption: a caption above the table.
+
+    Returns:
+        A pandas ``Styler`` (HTML in the book, text in a console) whose data are strings.
+    """
+    import pandas as pd
+
+    if isinstance(df, pd.Series):
+        df = df.to_frame()
+    ms, cnt, sc = list(mean_std), set(counts), set(sci)
+    pct = dict(percents) if isinstance(percents, Mapping) else {c: 1.0 for c in percents}
+    cols = list(columns) if columns is not None else [c for c in df.columns
+                                                        if not (c.endswith("_std") and c[:-4] in ms)]
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise KeyError(f"fmt.table: no column(s) {missing}; the table has {list(df.columns)}")
+    out = pd.DataFrame(index=df.index)
+    for c in cols:
+        col = df[c]
+        if c in ms:
+            std = df[f"{c}_std"] if f"{c}_std" in df.columns else pd.Series(float("nan"), index=df.index)
+            out[c] = [_mean_std(m, s, digits) for m, s in zip(col, std)]
+        elif c in cnt:
+            out[c] = col.map(count)
+        elif c in sc:
+            out[c] = col.map(lambda v: "–" if _missing(v) else f"{float(v):.1e}")
+        elif c in pct:
+            out[c] = col.map(lambda v, k=pct[c]: percent(v, 2, k))
+        elif pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+            out[c] = col.map(lambda v: sig(v, digits))
+        else:
+            out[c] = col.map(lambda v: "–" if _missing(v) else str(v))
+    names = {**LABELS, **(labels or {})}
+    out = out.rename(columns=lambda c: names.get(c, c.replace("_", " ")))
+    if out.index.name in names:
+        out.index.name = names[out.index.name]
+    style = out.style.set_properties(**{"text-align": "right"})
+    if caption:
+        style = style.set_caption(caption)
+    return style

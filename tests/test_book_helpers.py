@@ -1,0 +1,67 @@
+"""The book's formatting helper and diagrams."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+
+from nbsupport.book import diagrams, fmt
+
+matplotlib.use("Agg")
+
+
+@pytest.mark.parametrize("x, digits, expected", [
+    (0.78412, 3, "0.784"), (1234.5, 3, "1,234"), (85_802_501, 3, "85,802,501"), (0.0123456, 3, "0.0123"),
+    (3e-6, 3, "3.00e-06"), (100.004, 3, "100"), (0, 3, "0"), (-0.5, 2, "-0.50"), (float("nan"), 3, "–"),
+    (None, 3, "–"), (np.float32(0.25), 2, "0.25"),
+])
+def test_sig(x, digits, expected):
+    assert fmt.sig(x, digits) == expected
+
+
+def test_mean_std_rounds_the_mean_to_the_std():
+    assert fmt.mean_std(0.78412, 0.0104) == "0.784 ± 0.010"
+    assert fmt.mean_std(12.345, 1.5) == "12.3 ± 1.5"
+    assert fmt.mean_std(0.7, float("nan")) == "0.700"             # one seed: no spread to show
+    assert fmt.mean_std(float("nan"), 0.1) == "–"
+
+
+def test_percent_and_count():
+    assert fmt.percent(0.4912) == "0.49 %" and fmt.percent(0.25, scale=100) == "25 %"
+    assert fmt.count(85802501.0) == "85,802,501" and fmt.count(None) == "–"
+
+
+def test_table_formats_every_cell_and_labels_columns():
+    df = pd.DataFrame({"test_kappa": [0.784, 0.71], "test_kappa_std": [0.0104, math.nan],
+                       "trainable": [85_802_501, 3_845], "trainable_pct": [100.004, 0.0045], "lr": [1.5e-3, 3e-4],
+                       "note": ["a", None]}, index=pd.Index(["Full", "DVPT"], name="label"))
+    out = fmt.table(df, mean_std=["test_kappa"], counts=["trainable"], percents=["trainable_pct"]).data
+    assert list(out.columns) == ["Kappa (test)", "trainable params", "trainable %", "learning rate", "note"]
+    assert out.index.name == "method"
+    assert out.loc["Full"].tolist() == ["0.784 ± 0.010", "85,802,501", "100 %", "1.5e-03", "a"]
+    assert out.loc["DVPT"].tolist() == ["0.710", "3,845", "0.0045 %", "3.0e-04", "–"]
+    assert "nan" not in fmt.table(df).to_html().lower()
+
+
+def test_table_names_a_missing_column():
+    with pytest.raises(KeyError, match="no column.*'kappa'"):
+        fmt.table(pd.DataFrame({"a": [1]}), columns=["kappa"])
+
+
+@pytest.mark.parametrize("name, words", [
+    ("dvpt_module", ["prompts", "cross-attention", "gate", "bottleneck"]),
+    ("vit_block_methods", ["LoRA", "VPT-deep", "AdaptFormer", "DVPT", "BitFit", "SSF", "Linear probe"]),
+    ("sd_pipeline", ["VAE encoder", "UNet", "CLIP text encoder", "DDIM", "VAE decoder"]),
+    ("evaluation_protocol", ["FID", "alignment classifier", "usefulness", "noise floor"]),
+])
+def test_diagrams_draw_their_parts(name, words):
+    fig = getattr(diagrams, name)()
+    text = " ".join(t.get_text() for t in fig.axes[0].texts)
+    for w in words:
+        assert w in text, f"{name} lacks {w!r}"
+    assert len(fig.axes[0].patches) >= 6
+    matplotlib.pyplot.close(fig)
