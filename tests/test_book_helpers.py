@@ -65,3 +65,20 @@ def test_diagrams_draw_their_parts(name, words):
         assert w in text, f"{name} lacks {w!r}"
     assert len(fig.axes[0].patches) >= 6
     matplotlib.pyplot.close(fig)
+
+
+def test_site_check_finds_each_kind_of_problem(tmp_path):
+    from nbsupport.book.site import check_site
+
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "index.html").write_text('<a href="notebooks/a.html#x">a</a> <a href="https://x.org/y">ext</a>')
+    (tmp_path / "notebooks" / "a.html").write_text("<p>fine</p><img src='f.png'><script>var nan = 1;</script>")
+    (tmp_path / "notebooks" / "b.html").write_text(
+        "<pre>Traceback (most recent call last):</pre><td>nan</td><p>/home/me/.cache/x</p><a href='../gone.html'>x</a>"
+        .replace("'", '"'))
+    problems = check_site(tmp_path, ["notebooks/a.html", "notebooks/b.html", "notebooks/c.html"], ["/home/me/.cache"])
+    text = "\n".join(problems)
+    assert "notebooks/c.html: missing" in text and "notebooks/b.html: no figure" in text
+    assert "b.html: shows a traceback" in text and "b.html: raw nan" in text
+    assert "b.html: shows the build machine's path /home/me/.cache" in text and "b.html: broken link ../gone.html" in text
+    assert not [p for p in problems if p.startswith(("index.html", "notebooks/a.html"))]   # nan in a script is not shown

@@ -7,6 +7,7 @@ then asserts on the run record the chapter wrote, and the book test on its HTML 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -245,3 +246,21 @@ def test_book_has_a_page_per_chapter(built_book):
     assert "randomly initialised" in smoke_note and "<img" in smoke_note
     for page in ("book/running.html", "book/add_a_dataset.html", "book/references.html"):
         assert (html / page).is_file()
+
+
+@pytest.mark.book
+def test_site_check_passes(built_book):
+    """Every chapter page has a figure; no page shows a traceback, a path of this machine, a raw nan,
+    or a broken internal link; the injected parameters are hidden and smoke results are labelled."""
+    from nbsupport.book.runner import SMOKE_LABEL
+    from nbsupport.book.site import check_site, page_text
+    from nbsupport.core.paths import cache_dir
+
+    build_dir, html = built_book
+    chapters = [str(nb.relative_to(ROOT).with_suffix(".html")) for nb in CHAPTERS]
+    problems = check_site(html, chapters, [build_dir, cache_dir(), Path.home(), ROOT])
+    assert not problems, "\n".join(problems)
+    page = (html / "notebooks" / "03_benchmark.html").read_text(encoding="utf-8")
+    assert SMOKE_LABEL in page
+    # the parameters cell shows once; papermill's injected copy of it is removed from the page
+    assert len(re.findall(r'profile\s*=\s*"smoke"', page_text(page))) == 1

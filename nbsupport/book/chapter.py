@@ -23,12 +23,19 @@ __all__ = ["Chapter", "start", "provenance_line"]
 Task = Literal["classification", "text-to-image", "none"]
 
 
-def provenance_line(profile: Profile, device: torch.device) -> str:
-    """One line for the page: profile, device and the versions that decide the numbers."""
+def provenance_line(profile: Profile, device: torch.device, task: str = "classification") -> str:
+    """One line for the page: profile, device, the weights the profile uses, and the versions that
+    decide the numbers."""
     v = library_versions()
     libs = ", ".join(f"{k} {v[k]}" for k in ("torch", "timm", "peft", "diffusers", "nbsupport") if v.get(k))
     commit = (records.git_commit() or "")[:10]
-    return (f"profile {profile.name} | device {describe_device(device)['name']} | {libs}"
+    if profile.random_weights:
+        weights = "tiny, random"
+    elif task == "text-to-image":
+        weights = str(profile.extra.get("sd_model", "Stable Diffusion v1.5"))
+    else:
+        weights = profile.vit
+    return (f"profile {profile.name} | device {describe_device(device)['name']} | weights {weights} | {libs}"
             + (f" | commit {commit}" if commit else ""))
 
 
@@ -102,7 +109,7 @@ def start(name: str, profile: str | Profile, seed: int = 0, dataset: str | None 
     default = prof.sd_dataset if task == "text-to-image" else prof.default_dataset
     ch = Chapter(name=name, profile=prof, device=dev, seed=seed, dataset=dataset or default,
                  seeds=tuple(int(s) for s in (seeds if seeds is not None else prof.seeds)),
-                 timer=records.RunTimer(dev), provenance=provenance_line(prof, dev))
+                 timer=records.RunTimer(dev), provenance=provenance_line(prof, dev, task))
     if show:
         from nbsupport.book.viz import profile_banner
 

@@ -7,6 +7,7 @@ Commands:
     info                                            versions, device, profiles
     pretrain [--minutes M] [--export PATH] [--smoke]  pretrain the pocket ViT (resumable)
     pretrain-sd [--minutes M] [--export PATH] [--smoke]  pretrain the pocket Stable Diffusion (resumable)
+    site HTML_DIR [--screenshots DIR]                check a built website; screenshot every page
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--profile", choices=list(PROFILES), default="smoke")
     book.add_argument("--build-dir", type=Path, default=None)
     book.add_argument("--no-execute", action="store_true", help="reuse the executed copies")
+    book.add_argument("--force", action="store_true", help="execute every chapter, changed or not")
 
     data = sub.add_parser("data", help="dataset manifests")
     dsub = data.add_subparsers(dest="data_command", required=True)
@@ -48,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--max-images", type=int, default=None)
 
     sub.add_parser("info", help="versions, device and profiles")
+
+    site = sub.add_parser("site", help="check a built website (and screenshot its pages)")
+    site.add_argument("html", type=Path, nargs="?", default=Path("_build/_build/html"))
+    site.add_argument("--screenshots", type=Path, default=None, help="write a PNG of every page here (needs chromium)")
 
     for cmd, what in (("pretrain", "the pocket foundation ViT"), ("pretrain-sd", "the pocket Stable Diffusion")):
         pre = sub.add_parser(cmd, help=f"pretrain {what} (resumable; a GPU in practice)")
@@ -88,7 +94,7 @@ def _cmd_book(args: argparse.Namespace) -> int:
     from nbsupport.book.runner import ChapterFailed, build_book
 
     try:
-        build_book(args.profile, build_dir=args.build_dir, execute=not args.no_execute)
+        build_book(args.profile, build_dir=args.build_dir, execute=not args.no_execute, force=args.force)
     except ChapterFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -216,11 +222,28 @@ def _cmd_pretrain_sd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_site(args: argparse.Namespace) -> int:
+    from nbsupport.book import site
+    from nbsupport.book.runner import toc_chapters
+    from nbsupport.core.paths import cache_dir, repo_root
+
+    root = repo_root()
+    chapters = [str(nb.relative_to(root).with_suffix(".html")) for nb in toc_chapters(root)]
+    problems = site.check_site(args.html, chapters, [cache_dir(), Path.home(), root, args.html.resolve().parent.parent])
+    for p in problems:
+        print(p)
+    print(f"{len(problems)} problem(s) in {args.html}")
+    if args.screenshots:
+        shots = site.screenshot_pages(args.html, args.screenshots)
+        print(f"{len(shots)} screenshots in {args.screenshots}")
+    return 1 if problems else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"run": _cmd_run, "book": _cmd_book, "data": _cmd_data, "info": _cmd_info,
                "params": _cmd_params, "pretrain": _cmd_pretrain,
-               "pretrain-sd": _cmd_pretrain_sd}[args.command]
+               "pretrain-sd": _cmd_pretrain_sd, "site": _cmd_site}[args.command]
     return handler(args)
 
 

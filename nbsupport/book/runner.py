@@ -6,6 +6,7 @@ built from a staging copy with Jupyter Book's own execution turned off.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -21,7 +22,11 @@ import yaml
 from nbsupport.core.paths import RECORDS_ENV, repo_root
 from nbsupport.core.profiles import get_profile
 
-__all__ = ["ChapterFailed", "ExecutedChapter", "toc_chapters", "execute_chapter", "build_book"]
+__all__ = ["ChapterFailed", "ExecutedChapter", "toc_chapters", "execute_chapter", "build_book", "chapter_key",
+           "SMOKE_LABEL"]
+
+#: What a page built at a random-weights profile says under every figure and table.
+SMOKE_LABEL = "smoke: not a result (tiny random models; run the chapter at profile cpu or gpu)"
 
 
 class ChapterFailed(RuntimeError):
@@ -146,14 +151,62 @@ def execute_chapter(
     return ExecutedChapter(nb, output, records, seconds)
 
 
+def _library_digest(root: Path) -> str:
+    """sha256 over what decides a chapter's outputs besides its own source: the library's code,
+    its shipped weights, the dataset manifests and the package's pins."""
+    h = hashlib.sha256()
+    files = sorted([*(root / "nbsupport").rglob("*.py"), *(root / "nbsupport" / "weights").glob("*"),
+                    *(root / "data_manifests").glob("*.yaml"), root / "pyproject.toml"])
+    for f in files:
+        if f.is_file():
+            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def chapter_key(notebook: Path, profile: str, library_digest: str) -> str:
+    """The execution cache's key of one chapter: its source, the profile and the library digest."""
+    return hashlib.sha256(notebook.read_bytes() + f"\0{profile}\0{library_digest}".encode()).hexdigest()
+
+
+def _smoke_note() -> dict[str, Any]:
+    return {"output_type": "display_data", "metadata": {},
+            "data": {"text/markdown": f"<small>⚠ {SMOKE_LABEL}</small>", "text/plain": SMOKE_LABEL}}
+
+
+def _prepare_page(src: Path, dst: Path, smoke: bool) -> None:
+    """Copy an executed chapter for the website: papermill's injected-parameters cell is removed,
+    and at a random-weights profile every figure and table gets the "smoke: not a result" label."""
+    import nbformat
+
+    nb = nbformat.read(src, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
+        if smoke and cell.cell_type == "code":
+            outputs = []
+            for out in cell.get("outputs", []):
+                outputs.append(out)
+                data = out.get("data", {})
+                if "image/png" in data or "<table" in str(data.get("text/html", "")):
+                    outputs.append(nbformat.from_dict(_smoke_note()))
+            cell.outputs = outputs
+    nbformat.write(nb, dst)
+
+
 def build_book(
     profile: str = "smoke",
     root: Path | None = None,
     build_dir: Path | None = None,
     execute: bool = True,
     log: Callable[[str], None] = print,
+    force: bool = False,
 ) -> Path:
     """Execute every chapter in ``_toc.yml`` order, then build the HTML from the executed copies.
+
+    A chapter whose source, profile and library (code, shipped weights, manifests) are unchanged
+    since its last successful execution into this build folder is not executed again (``force``
+    executes everything).
 
     Returns:
         The folder holding ``index.html``.
@@ -165,11 +218,21 @@ def build_book(
     stage = build_dir / "stage"
     chapters = toc_chapters(root)
     if execute:
+        digest = _library_digest(root)
+        t_all = time.perf_counter()
         for i, nb in enumerate(chapters, 1):
+            out_dir = executed / nb.parent.relative_to(root)
+            stamp = out_dir / f".{nb.stem}.key"
+            key = chapter_key(nb, profile, digest)
+            if not force and (out_dir / nb.name).is_file() and stamp.is_file() and stamp.read_text() == key:
+                log(f"[{i}/{len(chapters)}] {nb.relative_to(root)}: unchanged, executed copy reused")
+                continue
             log(f"[{i}/{len(chapters)}] {nb.relative_to(root)} (profile={profile}) ...")
-            res = execute_chapter(nb, executed / nb.parent.relative_to(root), profile=profile,
-                                  records_dir=build_dir / "records")
-            log(f"[{i}/{len(chapters)}] {nb.relative_to(root)} done in {res.seconds:.1f} s")
+            stamp.unlink(missing_ok=True)
+            res = execute_chapter(nb, out_dir, profile=profile, records_dir=build_dir / "records")
+            stamp.write_text(key)
+            log(f"[{i}/{len(chapters)}] {nb.relative_to(root)} done in {res.seconds:.1f} s "
+                f"({(time.perf_counter() - t_all) / 60:.1f} min so far)")
     if stage.exists():
         shutil.rmtree(stage)
     stage.mkdir(parents=True)
@@ -178,16 +241,22 @@ def build_book(
             shutil.copy2(root / name, stage / name)
     cfg = yaml.safe_load((root / "_config.yml").read_text(encoding="utf-8")) or {}
     cfg.setdefault("execute", {})["execute_notebooks"] = "off"
+    repo = cfg.get("repository", {})
+    sphinx = cfg.setdefault("sphinx", {})
+    sphinx["extra_extensions"] = [*sphinx.get("extra_extensions", []), "sphinx.ext.extlinks"]
+    sphinx.setdefault("config", {})["extlinks"] = {   # {src}`nbsupport/...` links a file of the repository
+        "src": [f"{str(repo.get('url', '')).rstrip('/')}/blob/{repo.get('branch', 'main')}/%s", "%s"]}
     (stage / "_config.yml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
-    if (root / "book").exists():
-        shutil.copytree(root / "book", stage / "book")
+    for folder in ("book", "_static"):                   # pages, and the site's CSS
+        if (root / folder).exists():
+            shutil.copytree(root / folder, stage / folder)
     for nb in chapters:
         rel = nb.relative_to(root)
         src = executed / rel.parent / rel.name
         if not src.exists():
             raise FileNotFoundError(f"{rel} has no executed copy in {executed}: run without --no-execute")
         (stage / rel.parent).mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, stage / rel)
+        _prepare_page(src, stage / rel, smoke=get_profile(profile).random_weights)
     jb = Path(sys.executable).parent / "jupyter-book"
     cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(stage), "--path-output", str(build_dir)]
     log("building HTML: " + " ".join(cmd))
