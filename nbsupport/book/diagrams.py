@@ -22,7 +22,7 @@ FROZEN, TRAINED, DATA, OUTPUT = "#e6e6e6", "#fdd9a8", "#cfe3f6", "#d9f0d3"
 class _Canvas:
     """A figure in data coordinates (``width x height`` units) with boxes and arrows."""
 
-    def __init__(self, width: float, height: float, scale: float = 0.9, title: str | None = None) -> None:
+    def __init__(self, width: float, height: float, scale: float = 0.75, title: str | None = None) -> None:
         import matplotlib.pyplot as plt
 
         self.fig, self.ax = plt.subplots(figsize=(width * scale, height * scale))
@@ -58,7 +58,7 @@ class _Canvas:
         for colour, text in items:
             self.box(x, y, 0.35, 0.25, "", colour, style="square,pad=0")
             self.note(x + 0.45, y + 0.02, text, size=8)
-            x += 0.55 + 0.075 * len(text)
+            x += 0.6 + 0.11 * len(text)
 
     def path(self, points: list[tuple[float, float]], colour: str = "#666666", ls: str = "--") -> None:
         """A polyline through ``points`` with an arrow head at the last one."""
@@ -94,12 +94,12 @@ def dvpt_module() -> Any:
     down = c.box(2.7, 2.2, 1.8, 1.0, "bottleneck\nGELU(down(x))\nD → r", TRAINED)
     kv = c.box(5.1, 2.2, 1.9, 1.0, "H  [B, N, r]\n→ keys, values,\ntoken queries", TRAINED)
     prompts = c.box(2.7, 4.4, 1.8, 1.0, "learnable prompts\n[P, r]\n→ queries", TRAINED)
-    xattn1 = c.box(7.6, 4.0, 2.2, 1.2, "cross-attention 1\nprompts read the tokens\n→ dynamic prompts [B, P, r]",
+    xattn1 = c.box(7.5, 4.0, 2.5, 1.2, "cross-attention 1\nprompts read the tokens\n→ dynamic prompts [B, P, r]",
                    TRAINED)
-    xattn2 = c.box(7.6, 2.2, 2.2, 1.2, "cross-attention 2\ntokens read the prompts\n→ [B, N, r]", TRAINED)
-    up = c.box(10.3, 2.2, 1.2, 1.0, "up\nr → D", TRAINED)
-    gate = c.box(11.9, 2.2, 0.9, 1.0, "× gate\n(0 at\nstart)", TRAINED)
-    mlp = c.box(7.6, 0.2, 2.2, 1.0, "the block's MLP (frozen)\n[B, N, D]", FROZEN)
+    xattn2 = c.box(7.5, 2.2, 2.5, 1.2, "cross-attention 2\ntokens read the prompts\n→ [B, N, r]", TRAINED)
+    up = c.box(10.45, 2.2, 1.0, 1.0, "up\nr → D", TRAINED)
+    gate = c.box(11.85, 2.2, 1.0, 1.0, "× gate\n(0 at\nstart)", TRAINED)
+    mlp = c.box(7.5, 0.2, 2.5, 1.0, "the block's MLP (frozen)\n[B, N, D]", FROZEN)
     plus = c.box(11.95, 0.35, 0.8, 0.7, "+", OUTPUT, size=12)
     c.arrow(c.right(x_in), c.left(down))
     c.arrow(c.right(down), c.left(kv))
@@ -165,7 +165,7 @@ def sd_pipeline() -> Any:
     img = c.box(0.2, 4.6, 1.6, 0.9, "image\n[B, 3, S, S]", DATA)
     enc = c.box(2.3, 4.6, 1.7, 0.9, "VAE encoder\n(÷8 in SD, ÷4 pocket)", FROZEN)
     z0 = c.box(4.5, 4.6, 1.6, 0.9, "z₀ · scale\n[B, 4, S/8, S/8]", DATA)
-    noisy = c.box(6.6, 4.6, 2.0, 0.9, "z_t = √ᾱ_t z₀ + √(1-ᾱ_t) ε\nε ~ N(0, I), t ~ U", DATA, size=8)
+    noisy = c.box(6.45, 4.6, 2.35, 0.9, "z_t = √ᾱ_t z₀ + √(1-ᾱ_t) ε\nε ~ N(0, I), t ~ U", DATA, size=7.5)
     unet = c.box(9.1, 4.2, 1.9, 1.7, "UNet\nResNet blocks +\ncross-attention\n(LoRA, DoRA, BitFit,\nDiffFit, full)",
                  TRAINED, size=7.8)
     loss = c.box(11.5, 4.6, 1.5, 0.9, "loss\n‖ε̂ − ε‖²", OUTPUT)

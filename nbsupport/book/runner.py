@@ -175,7 +175,8 @@ def _smoke_note() -> dict[str, Any]:
 
 def _prepare_page(src: Path, dst: Path, smoke: bool) -> None:
     """Copy an executed chapter for the website: papermill's injected-parameters cell is removed,
-    and at a random-weights profile every figure and table gets the "smoke: not a result" label."""
+    and at a random-weights profile every figure and table gets the "smoke: not a result" label
+    (except cells tagged ``diagram``: drawings, not results)."""
     import nbformat
 
     nb = nbformat.read(src, as_version=4)
@@ -183,7 +184,7 @@ def _prepare_page(src: Path, dst: Path, smoke: bool) -> None:
         tags = cell.metadata.setdefault("tags", [])
         if "injected-parameters" in tags and "remove-cell" not in tags:
             tags.append("remove-cell")
-        if smoke and cell.cell_type == "code":
+        if smoke and cell.cell_type == "code" and "diagram" not in tags:     # diagrams are drawings, not results
             outputs = []
             for out in cell.get("outputs", []):
                 outputs.append(out)
