@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
-__all__ = ["LABELS", "sig", "count", "percent", "mean_std", "label", "table"]
+__all__ = ["LABELS", "sig", "count", "percent", "mean_std", "table"]
 
 #: Display names of the run records' keys (a table's columns are renamed with these).
 LABELS: dict[str, str] = {
@@ -41,7 +41,7 @@ def _missing(x: Any) -> bool:
 def sig(x: Any, digits: int = 3, dash: str = "–") -> str:
     """``x`` with ``digits`` significant digits, thousands separated, no exponent above 1e-4.
 
-    ``sig(0.78412) == "0.784"``, ``sig(1234.5) == "1,234"``, ``sig(3e-6) == "3e-06"``, NaN/None -> ``dash``.
+    ``sig(0.78412) == "0.784"``, ``sig(1234.5) == "1,234"``, ``sig(3e-6) == "3.00e-06"``, NaN/None -> ``dash``.
     """
     if _missing(x):
         return dash
@@ -83,11 +83,6 @@ def _mean_std(mean: Any, std: Any, digits: int = 3) -> str:
 
 
 mean_std = _mean_std
-
-
-def label(key: str) -> str:
-    """The display name of a record key (:data:`LABELS`), else the key with ``_`` as spaces."""
-    return LABELS.get(key, key.replace("_", " "))
 
 
 def table(df: "Any", columns: Sequence[str] | None = None, mean_std: Iterable[str] = (),
