@@ -83,8 +83,8 @@ EXPECTED_METRICS = {
     "04_label_efficiency": {"kappa", "labelled_data_saved", "storage_saved_at_n_tasks"},
     "05_stable_diffusion": {"vae_psnr_db", "latent_shape", "sd15_trainable", "t4_fit_8bit", "t4_fit_adamw"},
     "06_sd_finetuning": {"methods", "sd15_trainable", "generated_manifests", "generated_train_manifests"},
-    "07_evaluation": {"scores", "noise_floor", "per_class_alignment", "per_condition", "domain_classifier_test_score"},
-    "08_synthetic_data": {"results", "leakage_checked"},
+    "07_evaluation": {"scores", "noise_floor", "per_class_alignment", "per_condition", "judge", "fid_extractor"},
+    "08_synthetic_data": {"results", "summary", "leakage_checked"},
     "09_results": {"n_records", "chapters", "pareto_front"},
 }
 # Per-method records (chapter, method set) written by nbsupport.vit.experiment.run_method.
@@ -196,6 +196,7 @@ def test_chapter06_every_configuration_trained_and_generated(built_book):
     assert len(summary.metrics["methods"]) == 11
     for row in summary.metrics["methods"].values():
         assert row["trainable"] > 0 and row["final_loss"] > 0
+    assert set(summary.metrics["generated_manifests"]) == set(summary.metrics["methods"]) | {"pretrained"}
     for m, manifest in summary.metrics["generated_manifests"].items():
         images = _json.loads(open(manifest).read())["images"]
         assert len(images) == 8 and all(e["method"] == m for e in images)
@@ -207,12 +208,13 @@ def test_chapter06_every_configuration_trained_and_generated(built_book):
 def test_chapter07_scores_every_generator(built_book):
     rec = _records(built_book[0], "07_evaluation")["07_evaluation-fundus-procedural"]
     scores = rec.metrics["scores"]
-    assert len(scores) == 11
+    assert len(scores) == 12 and "pretrained" in scores              # eleven methods and the model before them
     for row in scores.values():
-        assert row["fid"] >= 0 and row["kid_std"] >= 0 and row["n"] == 8
+        assert row["fid"] >= 0 and row["kid_std"] > 0 and row["n"] == 8
         assert 1.0 <= row["vendi_features"] <= 8.0 + 1e-6 and 1.0 <= row["vendi_pixels"] <= 8.0 + 1e-6
         assert 0.0 <= row["align_accuracy"] <= 1.0
     assert rec.metrics["noise_floor"]["fid"] >= 0
+    assert "pocket ViT" in rec.metrics["fid_extractor"] and rec.metrics["judge"]["method"] == "full"
 
 
 @pytest.mark.notebooks
@@ -220,9 +222,10 @@ def test_chapter08_protocol(built_book):
     rec = _records(built_book[0], "08_synthetic_data")["08_synthetic_data-fundus-procedural"]
     assert rec.metrics["leakage_checked"] is True
     results = rec.metrics["results"]
-    assert len(results) == 2 * (3 * (1 + 5) + 5)
+    assert len(results) == 2 * (2 * (1 + 5) + 5)                   # 2 seeds x (2 fractions x 6 + 5 synthetic-only)
     synthetic_only = [r for r in results if r["fraction"] == 0.0]
     assert len(synthetic_only) == 10 and all(r["n_train"] == 8 for r in synthetic_only)
+    assert all(r["count"] == 2 for r in rec.metrics["summary"])
 
 
 @pytest.mark.notebooks

@@ -89,9 +89,77 @@ def test_alignment_is_perfect_on_real_correctly_labelled_images():
     probs = np.eye(5)[grades]
     out = evaluation.alignment(probs, grades, 5)
     assert out["accuracy"] == 1.0 and out["kappa"] == pytest.approx(1.0) and out["auc"] == 1.0
-    assert set(out["per_class_accuracy"].values()) == {1.0}
+    assert set(out["per_class_score"].values()) == {1.0} and out["per_class_metric"] == "accuracy"
     wrong = evaluation.alignment(np.eye(5)[[(g + 2) % 5 for g in grades]], grades, 5)
     assert wrong["accuracy"] == 0.0
+
+
+def test_alignment_f1_averages_over_the_prompted_grades_only():
+    from sklearn.metrics import f1_score
+
+    prompted = [0, 0, 2, 2, 2, 4]                  # grades 1 and 3 never asked for
+    probs = np.eye(5)[[0, 1, 2, 2, 3, 4]]          # two mistakes, into grades nobody prompted
+    out = evaluation.alignment(probs, prompted, 5)
+    assert out["f1_classes"] == [0, 2, 4]
+    pred = probs.argmax(1)
+    assert out["f1"] == pytest.approx(f1_score(prompted, pred, labels=[0, 2, 4], average="macro"))
+    assert out["f1"] > f1_score(prompted, pred, labels=list(range(5)), average="macro", zero_division=0)
+    multi = evaluation.alignment(np.array([[0.9, 0.2], [0.1, 0.8], [0.7, 0.6]]), [[1, 0], [0, 1], [1, 1]], 2)
+    assert multi["per_class_metric"] == "AUC"
+
+
+def test_kid_std_comes_from_varying_subsets(extractor):
+    name, _ = extractor
+    real, fake = evaluation.UInt8Images(images(0, 20)), evaluation.UInt8Images(images(700, 20, grade=3))
+    out = evaluation.fid_kid(real, fake, feature_extractor=name, cuda=False)    # default subset size 1000
+    assert out["kid_std"] > 0           # subsets of half the set: not the same 20 images a hundred times
+
+
+def test_real_and_generated_images_share_one_uint8_path(tmp_path):
+    from PIL import Image
+
+    from nbsupport.data.datasets import build_dataset
+
+    ds = build_dataset("fundus-procedural", "test", task="text-to-image", image_size=32, limit=3)
+    imgs, labels = evaluation.uint8_images(ds)
+    rendered = [generate_fundus(s, g, 32).image for s, g in zip(ds.seeds, ds.grades)]
+    assert all(np.array_equal(a, b) for a, b in zip(imgs, rendered))     # the round trip is exact
+    assert labels == ds.grades
+    Image.fromarray(imgs[0]).save(tmp_path / "x.png")                     # as generated images are stored
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "x.png")), imgs[0])
+
+
+def test_reference_extractor_is_the_frozen_pocket_vit_offline():
+    kw, description = evaluation.reference_extractor("cpu")
+    assert "pocket ViT" in description and kw["feature_layer"] == "features"
+    kw, description = evaluation.reference_extractor("gpu")
+    assert kw["feature_extractor"] == "inception-v3-compat"
+
+
+def test_alignment_judge_is_another_model_trained_on_images_the_generator_never_saw(tmp_path, monkeypatch):
+    from nbsupport.data.datasets import build_dataset
+    from nbsupport.data.fingerprint import item_keys
+    from nbsupport.evaluation import judge as judge_mod
+    from nbsupport.vit.backbones import POCKET_MEAN, POCKET_STD
+
+    monkeypatch.setenv("NBSUPPORT_CACHE", str(tmp_path))
+    gen_train = build_dataset("fundus-clinic", "train", task="text-to-image", image_size=64, limit=40)
+    train, val, source = judge_mod.judge_training_set("fundus-clinic", "cpu", 64, POCKET_MEAN, POCKET_STD, gen_train, 30)
+    assert len(train) == 30 and val is None and "after the generator's 40" in source
+    assert not set(item_keys(train)) & set(item_keys(gen_train))
+    with pytest.raises(AssertionError, match="leaked"):           # a judge set that overlaps is refused
+        judge_mod.assert_disjoint(item_keys(gen_train), item_keys(gen_train))
+    # at cpu both are the pocket architecture: the judge is fully fine-tuned, the extractor frozen
+    j = evaluation.train_judge("fundus-clinic", "cpu", gen_train, "test", n=24, epochs=1, progress=False)
+    assert j.n_train == 24 and np.isfinite(j.test_score) and j.weights.startswith("pretrained:pocket-fundus-vit")
+    fid_vit = create_vit("pocket-fundus-vit", pretrained=True, num_classes=0)
+    judge_params = dict(j.model.named_parameters())
+    shared = [n for n, p in fid_vit.named_parameters()
+              if n in judge_params and judge_params[n].shape == p.shape and torch.equal(judge_params[n], p)]
+    assert not shared                    # no weight of the judge equals the FID extractor's
+    x = [generate_fundus(5, 2, 64).image]
+    feats, probs = j.predict(x)
+    assert probs.shape == (1, 5) and feats.shape[1] != 0
 
 
 def test_assert_disjoint():

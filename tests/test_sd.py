@@ -212,3 +212,29 @@ def test_tiny_tokenizer_roundtrip(tmp_path):
     ids = tok("Chest X-ray showing edema and a zebra.").input_ids
     assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
     assert tok.decode(ids, skip_special_tokens=True) == "chest x - ray showing edema and a zebra ."
+
+
+def test_generation_resumes_without_duplicating_or_keeping_stale_images(t2i, tmp_path_factory, tmp_path, monkeypatch):
+    import json
+
+    from nbsupport.sd import sampling
+
+    comp = tiny(t2i, tmp_path_factory)
+    items = [{"prompt": t2i[i % len(t2i)]["caption"], "seed": 10 + i, "labels": 0} for i in range(5)]
+    kw = dict(method="tiny", resolution=32, steps=2, batch_size=2, progress=False)
+    sampling.generate_to_disk(comp, items[:3], tmp_path, **kw)          # "interrupted" after 3 of 5
+    first = (tmp_path / "000001.png").read_bytes()
+    calls = []
+    real_sample = sampling.sample
+    monkeypatch.setattr(sampling, "sample", lambda c, prompts, seeds, **k: calls.append(list(seeds)) or real_sample(c, prompts, seeds, **k))
+    path = sampling.generate_to_disk(comp, items, tmp_path, **kw)
+    assert calls == [[13, 14]]                                            # only the missing two
+    entries = json.loads(path.read_text())["images"]
+    assert [e["seed"] for e in entries] == [10, 11, 12, 13, 14] and (tmp_path / "000001.png").read_bytes() == first
+    items[1] = {**items[1], "seed": 99}                                   # a changed item is regenerated
+    calls.clear()
+    sampling.generate_to_disk(comp, items, tmp_path, **kw)
+    assert calls == [[99]]
+    calls.clear()
+    sampling.generate_to_disk(comp, items, tmp_path, **{**kw, "steps": 3})   # other settings: all regenerated
+    assert sorted(s for c in calls for s in c) == [10, 12, 13, 14, 99]

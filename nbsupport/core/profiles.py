@@ -6,7 +6,7 @@ resolution and whether random weights are allowed; it never silently changes mea
 | profile | where         | models                                  | data                              |
 |---------|---------------|-----------------------------------------|-----------------------------------|
 | smoke   | CI, any CPU   | tiny, randomly initialised              | procedural, 64 px, dozens         |
-| cpu     | a laptop, offline | the pocket ViT shipped in the package | procedural new-clinic camera, 64 px, 300 labels |
+| cpu     | a laptop, offline | the pocket ViT and pocket SD shipped in the package | procedural new-clinic camera, 64 px, 300 labels / captions |
 | gpu     | Colab T4      | hub weights, pinned revisions           | real sets via manifests           |
 | full    | >= 40 GB GPU  | as in the papers                        | as in the papers                  |
 """
@@ -43,6 +43,14 @@ class Profile:
         sd_grad_accum: gradient accumulation of Stable Diffusion training.
         sd_precision: ``"fp16"`` (T4: no bf16 on Turing), ``"bf16"`` or None (fp32).
         sd_sample_steps: denoising steps when sampling.
+        sd_model: ``"tiny"`` (random, a few hundred thousand parameters), ``"pocket"`` (the book's
+            pretrained pocket Stable Diffusion, shipped in the package) or ``"sd15"`` (hub weights).
+        sd_max_train: images the Stable Diffusion chapters fine-tune on (the limited image budget;
+            None = the whole training split).
+        sd_lr_scale: factor on the study's fine-tuning rates (:data:`nbsupport.sd.methods.LR`).
+        sd_guidance: classifier-free guidance scale when sampling.
+        sd_n_generate: images generated per method and set for chapters 07 and 08 (None: two per
+            test caption).
         num_workers: DataLoader workers.
         mixed_precision: whether autocast is used on a CUDA device.
         seeds: training seeds of every method comparison (mean +- std over them).
@@ -72,6 +80,11 @@ class Profile:
     sd_grad_accum: int = 1
     sd_precision: str | None = None
     sd_sample_steps: int = 30
+    sd_model: str = "sd15"
+    sd_max_train: int | None = None
+    sd_lr_scale: float = 1.0
+    sd_guidance: float = 7.5
+    sd_n_generate: int | None = None
     seeds: tuple[int, ...] = (0, 1, 2)
     lr_factors: tuple[float, ...] = (1.0,)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -105,31 +118,40 @@ PROFILES: dict[str, Profile] = {
         sd_grad_accum=1,
         sd_precision=None,
         sd_sample_steps=4,
+        sd_model="tiny",
+        sd_max_train=40,
+        sd_n_generate=8,
         seeds=(0, 1),
     ),
     "cpu": Profile(
         name="cpu",
         description="A laptop, offline: the book's pocket ViT (pretrained on procedural eyes, shipped in "
-        "the package) adapted to a new clinic's camera with 300 labelled images at 64 px; 3 seeds per method.",
+        "the package) adapted to a new clinic's camera with 300 labelled images at 64 px; 3 seeds per method. The pocket "
+        "Stable Diffusion (pretrained on the source cameras) fine-tuned on the clinic's 300 captioned images.",
         random_weights=False,
         image_size=64,
-        sd_resolution=128,
+        sd_resolution=64,
         n_train=300,
         n_val=120,
         n_test=500,
         max_train=300,
         epochs=6,           # the budget rule: chapters 01-04 (3 seeds each) within 30 minutes on 2 CPU cores
         batch_size=16,      # 300 labels: 19 optimiser steps per epoch, 114 in all
-        sd_steps=100,
-        sd_batch_size=2,
+        sd_steps=400,       # the budget rule: chapters 05-09 within 45 minutes on 2 CPU cores
+        sd_batch_size=16,
         vit="pocket-fundus-vit",
         default_dataset="fundus-clinic",
         num_workers=0,      # images live in memory: worker processes only add start-up time
         mixed_precision=False,
-        sd_dataset="fundus-procedural",
+        sd_dataset="fundus-clinic",
         sd_grad_accum=1,
         sd_precision=None,
         sd_sample_steps=20,
+        sd_model="pocket",
+        sd_max_train=300,   # the new clinic's 300 captioned photographs (the ViT chapters' labels)
+        sd_lr_scale=3.0,    # the study's rates are 1/10 of SD's pretraining rate (1e-4); the pocket's is 3e-4
+        sd_guidance=2.0,    # the guidance the pocket model was evaluated with during pretraining
+        sd_n_generate=200,
         lr_factors=(1.0, 3.0, 10.0),   # 114 steps, not the papers' 100 epochs: each method's rate from a validation grid
     ),
     "gpu": Profile(

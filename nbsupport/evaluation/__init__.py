@@ -10,8 +10,11 @@ from nbsupport.evaluation.fidelity import (
     fid_from_features,
     fid_kid,
     per_grade_scores,
+    reference_extractor,
     register_domain_extractor,
+    uint8_images,
 )
+from nbsupport.evaluation.judge import Judge, train_judge
 
-__all__ = ["UInt8Images", "register_domain_extractor", "fid_kid", "fid_from_features", "per_grade_scores",
+__all__ = ["UInt8Images", "register_domain_extractor", "reference_extractor", "uint8_images", "Judge", "train_judge", "fid_kid", "fid_from_features", "per_grade_scores",
            "vendi_score", "pixel_features", "classifier_features", "alignment", "clip_score"]

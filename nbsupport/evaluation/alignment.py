@@ -45,17 +45,26 @@ def alignment(probs: np.ndarray, prompted: Sequence[Any], num_classes: int) -> d
         probs: ``[N, K]`` the classifier's probabilities on the generated images.
         prompted: ``[N]`` the class each image's prompt asked for, or ``[N, K]`` multi-hot findings.
 
-    Returns accuracy, quadratic-weighted Kappa, macro AUC and F1 (as for real data) and the
-    per-class accuracy; for findings, macro and per-finding AUC, F1 and accuracy.
+    Returns, for grades: accuracy, quadratic-weighted Kappa, and AUC and F1 macro-averaged over the
+    classes *present in the prompts* (``f1_classes`` lists them), with ``per_class_score`` the
+    accuracy per prompted class (``per_class_metric`` says ``"accuracy"``). For findings: macro and
+    per-finding AUC (``per_class_metric`` says ``"AUC"``), F1 and accuracy.
     """
+    from sklearn.metrics import f1_score
+
     if np.asarray(prompted).ndim == 2:
         out_ml: dict[str, Any] = multilabel_metrics(np.asarray(prompted), probs)
-        out_ml["per_class_accuracy"] = out_ml["per_finding_auc"]
+        out_ml["per_class_score"] = out_ml["per_finding_auc"]
+        out_ml["per_class_metric"] = "AUC"
         return out_ml
     y = np.asarray(prompted, dtype=int)
     out: dict[str, Any] = classification_metrics(y, probs, num_classes)
     pred = np.asarray(probs).argmax(1)
-    out["per_class_accuracy"] = {int(c): float((pred[y == c] == c).mean()) for c in np.unique(y)}
+    present = sorted(int(c) for c in np.unique(y))
+    out["f1"] = float(f1_score(y, pred, labels=present, average="macro", zero_division=0))
+    out["f1_classes"] = present
+    out["per_class_score"] = {c: float((pred[y == c] == c).mean()) for c in present}
+    out["per_class_metric"] = "accuracy"
     return out
 
 

@@ -3,7 +3,12 @@
 The standard extractor is ``inception-v3-compat`` (its weights are downloaded by torch-fidelity, or
 read from a local path); offline, or for medical images, a **domain extractor** is registered with
 torch-fidelity: a classifier trained on real images (its pre-logit features), as the study did with
-a chest X-ray network.
+a chest X-ray network. At the ``smoke`` and ``cpu`` profiles the reference extractor is the book's
+frozen, pretrained pocket ViT (:func:`reference_extractor`).
+
+Real and generated images reach every extractor through one path: ``uint8 [H, W, 3]`` arrays
+(generated images as written to PNG, real ones through the same float -> uint8 rounding,
+:func:`uint8_images`), then the extractor's own resize and normalisation.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from torch.utils.data import Dataset
 
 from nbsupport.evaluation.diversity import pixel_features, vendi_score
 
-__all__ = ["UInt8Images", "register_domain_extractor", "fid_kid", "fid_from_features", "per_grade_scores"]
+__all__ = ["UInt8Images", "register_domain_extractor", "reference_extractor", "uint8_images", "fid_kid",
+           "fid_from_features", "per_grade_scores"]
 
 _counter = itertools.count()
 
@@ -98,20 +104,55 @@ def register_domain_extractor(model: nn.Module, image_size: int, mean: Sequence[
     return name
 
 
+def uint8_images(dataset: Dataset) -> tuple[list[np.ndarray], list[Any]]:
+    """The images and labels of a text-to-image dataset as ``uint8 [H, W, 3]``, rounded exactly as
+    :func:`nbsupport.sd.sampling.sample` rounds generated images (``[-1, 1] -> [0, 1] -> x 255 + 0.5``)."""
+    images, labels = [], []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        x = (item["pixel_values"].float().permute(1, 2, 0).numpy() + 1.0) / 2.0
+        images.append((np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8))
+        labels.append(item.get("label"))
+    return images, labels
+
+
+def reference_extractor(profile: Any, inception_weights: str | None = None) -> tuple[dict[str, Any], str]:
+    """FID/KID's feature extractor for a profile: ``(keyword arguments for fid_kid, description)``.
+
+    ``smoke``/``cpu`` (tiny or pocket generators): the pretrained pocket ViT, frozen, class-token
+    features (it loads offline, from the package); ``gpu``/``full``: torch-fidelity's Inception-v3
+    (``inception_weights``: a local copy of its weights for offline use).
+    """
+    from nbsupport.core.profiles import get_profile
+
+    p = get_profile(profile)
+    if p.sd_model in ("tiny", "pocket"):
+        from nbsupport.vit.backbones import POCKET_MEAN, POCKET_STD, create_vit
+
+        vit = create_vit("pocket-fundus-vit", pretrained=True, num_classes=0, img_size=p.sd_resolution)
+        name = register_domain_extractor(vit, p.sd_resolution, POCKET_MEAN, POCKET_STD)
+        return (dict(feature_extractor=name, feature_layer="features"),
+                f"pocket ViT, frozen ({vit.nbsupport_weights}), class-token features")
+    return (dict(feature_extractor="inception-v3-compat", extractor_weights_path=inception_weights),
+            "Inception-v3 (torch-fidelity), pool features")
+
+
 def fid_kid(real: Dataset, fake: Dataset, feature_extractor: str = "inception-v3-compat",
             feature_layer: str | None = None, batch_size: int = 64, kid_subset_size: int = 1000,
             extractor_weights_path: str | None = None, cuda: bool | None = None) -> dict[str, float]:
     """FID and KID (mean, std) of ``fake`` against ``real`` through torch-fidelity.
 
-    ``kid_subset_size`` is capped at the smaller set; KID is the less biased of the two at small
-    sample counts (FID is biased upwards when few images are compared).
+    KID is averaged over 100 random subsets of ``kid_subset_size`` images from each side, capped at
+    half the smaller set: subsets as large as a set would all hold the same images and report a
+    standard deviation of zero. ``kid_std`` is the spread over those subsets. KID is the less biased
+    of the two at small sample counts (FID is biased upwards when few images are compared).
     """
     import torch_fidelity
 
     cuda = torch.cuda.is_available() if cuda is None else cuda
     kw: dict[str, Any] = dict(input1=fake, input2=real, fid=True, kid=True, feature_extractor=feature_extractor,
                               batch_size=batch_size, cuda=cuda, verbose=False, cache=False, save_cpu_ram=True,
-                              kid_subset_size=min(kid_subset_size, len(real), len(fake)))
+                              kid_subset_size=max(2, min(kid_subset_size, len(real) // 2, len(fake) // 2)))
     if feature_layer is not None:
         kw.update(feature_layer_fid=feature_layer, feature_layer_kid=feature_layer)
     if extractor_weights_path is not None:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 __all__ = ["SD15_HUB_ID", "SD15_REVISION", "UNET_SD15", "VAE_SD15", "TEXT_SD15", "SDComponents",
-           "build_sd15", "build_tiny", "load_pretrained", "WeightsUnavailableError"]
+           "build_sd15", "build_tiny", "load_pretrained", "load_for_profile", "WeightsUnavailableError"]
 
 # The original runwayml repository moved; this is the maintained mirror.
 SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -156,3 +156,38 @@ def load_pretrained(hub_id: str = SD15_HUB_ID, revision: str | None = SD15_REVIS
             "A token, if the repository needs one, is read from the HF_TOKEN environment variable.") from exc
     label = f"pretrained:{hub_id}@{revision or 'default'}" if not local_dir else f"local:{local_dir}"
     return SDComponents(unet, vae, text, tok, _scheduler(), label, f"Stable Diffusion ({src})")
+
+
+def load_for_profile(profile: Any, captions: Iterable[str] = (), tokenizer_dir: str | Path | None = None,
+                     seed: int = 0, weights: str | Path | None = None) -> SDComponents:
+    """The Stable Diffusion a profile works with (``profile.sd_model``), freshly loaded.
+
+    - ``tiny``: :func:`build_tiny` (random by design; its tokenizer covers ``captions``);
+    - ``pocket``: :func:`nbsupport.sd.pocket.load_pocket` (the shipped weights, hash-checked, or the
+      file ``weights`` names);
+    - ``sd15``: :func:`load_pretrained` (the pinned hub id, or the local copy ``weights`` names).
+
+    Raises:
+        WeightsUnavailableError: when the weights cannot be had, naming the fixes.
+        ValueError: for an unknown ``sd_model``.
+    """
+    import tempfile
+
+    from nbsupport.core.profiles import get_profile
+
+    prof = get_profile(profile)
+    if prof.sd_model == "tiny":
+        if weights is not None:
+            raise ValueError(f"profile {prof.name!r} uses a tiny random Stable Diffusion; weights={weights!r} "
+                             "needs a profile with sd_model 'pocket' or 'sd15' (e.g. profile='cpu')")
+        tok_dir = tokenizer_dir if tokenizer_dir is not None else Path(tempfile.mkdtemp()) / "tokenizer"
+        return build_tiny(list(captions), tok_dir, seed=seed)
+    if prof.sd_model == "pocket":
+        from nbsupport.sd.pocket import check_prompts, load_pocket
+
+        comp = load_pocket(weights)
+        check_prompts(captions, stacklevel=3)
+        return comp
+    if prof.sd_model == "sd15":
+        return load_pretrained(local_dir=weights)
+    raise ValueError(f"profile {prof.name!r}: sd_model={prof.sd_model!r} is not one of 'tiny', 'pocket', 'sd15'")

@@ -35,7 +35,7 @@ import torch
 from nbsupport.sd.models import SDComponents, WeightsUnavailableError, _scheduler
 
 __all__ = ["POCKET_SD", "POCKET_WORDS", "POCKET_RESOLUTION", "POCKET_SD_FILE", "POCKET_SD_SHA256",
-           "pocket_tokenizer", "build_pocket", "load_pocket", "check_prompts", "component_sizes"]
+           "pocket_tokenizer", "build_pocket", "load_pocket", "check_prompts", "component_sizes", "shipped_record"]
 
 POCKET_RESOLUTION = 64
 POCKET_SD: dict[str, dict[str, Any]] = {
@@ -116,6 +116,16 @@ def _weights_path() -> Path:
     from nbsupport.vit.backbones import weights_dir
 
     return weights_dir() / POCKET_SD_FILE
+
+
+def shipped_record() -> dict[str, Any]:
+    """The record that ships beside the pocket SD's weights (recipe, device, time, loss curves, evaluations)."""
+    path = _weights_path().with_suffix(".json")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no record of the pocket Stable Diffusion in this installation; reinstall "
+                                "nbsupport from a complete checkout, or reproduce it with "
+                                "`python -m nbsupport pretrain-sd --export`")
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def load_pocket(weights_path: str | Path | None = None, expected_sha256: str | None = None) -> SDComponents:

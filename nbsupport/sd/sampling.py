@@ -67,23 +67,32 @@ def sample_grid(components: SDComponents, prompts: Sequence[str], seeds: Sequenc
 
 
 def generate_to_disk(components: SDComponents, items: Sequence[dict[str, Any]], out_dir: str | Path,
-                     method: str, batch_size: int = 4, progress: bool = True, **kw: Any) -> Path:
+                     method: str, batch_size: int = 16, progress: bool = True, **kw: Any) -> Path:
     """Generate one image per item (``{"prompt": str, "seed": int, "labels": ...}``) into ``out_dir``.
 
     Writes ``<index>.png`` files and ``manifest.json`` (prompt, labels, seed, method, file, settings);
-    returns the manifest path. Existing images listed in an existing manifest are kept (resumable).
+    returns the manifest path. Resumable without duplicates: an image already listed in the manifest
+    with the same prompt, seed, weights and settings is kept; anything else is (re)generated. The
+    manifest is rewritten atomically after every batch, and lists only images whose file was written.
     """
     from PIL import Image
+
+    from nbsupport.core.checkpoints import write_json
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / "manifest.json"
+    settings = {k: v for k, v in kw.items() if k != "device"}
+    header = {"method": method, "weights": components.weights, "settings": settings}
     done: dict[str, Any] = {}
     if manifest_path.exists():
-        done = {e["file"]: e for e in json.loads(manifest_path.read_text())["images"]}
-    pipe = make_pipeline(components, kw.get("scheduler", "ddim"), kw.get("device", "cpu"))
-    entries = []
+        old = json.loads(manifest_path.read_text())
+        if all(old.get(k) == v for k, v in header.items()):
+            done = {e["file"]: e for e in old["images"] if (out_dir / e["file"]).is_file()}
+    wanted = {f"{i:06d}.png": (it["prompt"], int(it["seed"])) for i, it in enumerate(items)}
+    done = {f: e for f, e in done.items() if wanted.get(f) == (e["prompt"], e["seed"])}
     todo = [(i, it) for i, it in enumerate(items) if f"{i:06d}.png" not in done]
+    pipe = make_pipeline(components, kw.get("scheduler", "ddim"), kw.get("device", "cpu")) if todo else None
     for start in tqdm(range(0, len(todo), batch_size), desc=f"generating ({method})", disable=not progress):
         chunk = todo[start:start + batch_size]
         imgs = sample(components, [it["prompt"] for _, it in chunk], [it["seed"] for _, it in chunk], pipe=pipe, **kw)
@@ -91,10 +100,7 @@ def generate_to_disk(components: SDComponents, items: Sequence[dict[str, Any]], 
             Image.fromarray(img).save(out_dir / f"{i:06d}.png")
             done[f"{i:06d}.png"] = {"file": f"{i:06d}.png", "prompt": it["prompt"], "seed": int(it["seed"]),
                                      "labels": it.get("labels"), "method": method}
-        entries = [done[k] for k in sorted(done)]
-        manifest_path.write_text(json.dumps({"method": method, "weights": components.weights,
-                                             "settings": {k: v for k, v in kw.items() if k != "device"},
-                                             "images": entries}, indent=1))
-    if not todo and not manifest_path.exists():
-        manifest_path.write_text(json.dumps({"method": method, "images": []}))
+        write_json(manifest_path, {**header, "images": [done[k] for k in sorted(done)]})
+    if not todo:
+        write_json(manifest_path, {**header, "images": [done[k] for k in sorted(done) if k in wanted]})
     return manifest_path

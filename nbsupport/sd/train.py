@@ -47,6 +47,7 @@ class SDTrainConfig:
         use_8bit_adam: bitsandbytes' AdamW8bit when importable on CUDA (falls back with a notice).
         weight_decay: AdamW weight decay (the study: 1e-2).
         lr: override every group's learning rate (None: the study's per-component rates).
+        lr_scale: factor on the per-component rates (a profile's ``sd_lr_scale``; ignored with ``lr``).
         cache: cache VAE latents / text embeddings when the VAE / text encoder is frozen.
         checkpoint_every: steps between checkpoints (and always at the end).
         max_grad_norm: gradient clipping (None: off).
@@ -62,6 +63,7 @@ class SDTrainConfig:
     use_8bit_adam: bool = True
     weight_decay: float = 1e-2
     lr: float | None = None
+    lr_scale: float = 1.0
     cache: bool = True
     checkpoint_every: int = 250
     max_grad_norm: float | None = 1.0
@@ -99,7 +101,7 @@ def encode_prompts(components: SDComponents, prompts: list[str], device: torch.d
 def make_optimizer(groups: list[dict[str, Any]], cfg: SDTrainConfig, device: torch.device) -> tuple[torch.optim.Optimizer, list[str]]:
     """AdamW8bit (bitsandbytes) when asked and usable, else torch AdamW; notices say which."""
     notices: list[str] = []
-    clean = [{"params": g["params"], "lr": cfg.lr or g["lr"], "name": g["name"]} for g in groups]
+    clean = [{"params": g["params"], "lr": cfg.lr or g["lr"] * cfg.lr_scale, "name": g["name"]} for g in groups]
     if cfg.use_8bit_adam and device.type == "cuda":
         try:
             import bitsandbytes as bnb  # type: ignore[import-not-found]
