@@ -82,3 +82,31 @@ def test_site_check_finds_each_kind_of_problem(tmp_path):
     assert "b.html: shows a traceback" in text and "b.html: raw nan" in text
     assert "b.html: shows the build machine's path /home/me/.cache" in text and "b.html: broken link ../gone.html" in text
     assert not [p for p in problems if p.startswith(("index.html", "notebooks/a.html"))]   # nan in a script is not shown
+
+
+def test_site_check_wants_local_mathjax_when_the_site_ships_it(tmp_path):
+    from nbsupport.book.site import check_site
+
+    (tmp_path / "index.html").write_text("<p>home</p>")
+    (tmp_path / "f.png").write_bytes(b"")
+    (tmp_path / "m.html").write_text('<img src="f.png"><span class="math">\\(x\\)</span>'
+                                     '<script src="https://cdn.example/tex-chtml.js"></script>')
+    (tmp_path / "n.html").write_text('<img src="f.png"><span class="math">\\(x\\)</span>')
+    assert check_site(tmp_path, ["m.html"]) == ["n.html: has maths but loads no MathJax"]
+    (tmp_path / "_static" / "mathjax").mkdir(parents=True)
+    (tmp_path / "_static" / "mathjax" / "MathJax.js").write_text("")
+    assert "m.html: MathJax is in _static/mathjax but the page loads https://cdn.example/tex-chtml.js" in check_site(tmp_path, ["m.html"])
+
+
+def test_the_repository_url_is_one_setting():
+    import tomllib
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    url = yaml.safe_load((root / "_config.yml").read_text())["repository"]["url"]
+    assert tomllib.loads((root / "pyproject.toml").read_text())["project"]["urls"]["Homepage"] == url
+    for nb in sorted((root / "notebooks").glob("*.ipynb")):
+        text = nb.read_text()
+        assert "REPO_URL" not in text or f'REPO_URL = \\"{url}\\"' in text, nb.name

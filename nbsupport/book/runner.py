@@ -195,6 +195,20 @@ def _prepare_page(src: Path, dst: Path, smoke: bool) -> None:
     nbformat.write(nb, dst)
 
 
+def local_mathjax() -> Path | None:
+    """MathJax 2.7 shipped by the ``jupyter-server-mathjax`` package (the ``book`` extra), if installed.
+
+    Copied into the site so that formulas are typeset without a network; without it the site loads
+    MathJax from its CDN (and shows the TeX source offline).
+    """
+    try:
+        import jupyter_server_mathjax  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    static = Path(jupyter_server_mathjax.__file__).parent / "static"
+    return static if (static / "MathJax.js").is_file() else None
+
+
 def build_book(
     profile: str = "smoke",
     root: Path | None = None,
@@ -247,10 +261,15 @@ def build_book(
     sphinx["extra_extensions"] = [*sphinx.get("extra_extensions", []), "sphinx.ext.extlinks"]
     sphinx.setdefault("config", {})["extlinks"] = {   # {src}`nbsupport/...` links a file of the repository
         "src": [f"{str(repo.get('url', '')).rstrip('/')}/blob/{repo.get('branch', 'main')}/%s", "%s"]}
+    mathjax = local_mathjax()
+    if mathjax is not None:                              # maths typeset offline too (else MathJax from its CDN)
+        sphinx["config"]["mathjax_path"] = "mathjax/MathJax.js?config=TeX-AMS_CHTML"
     (stage / "_config.yml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     for folder in ("book", "_static"):                   # pages, and the site's CSS
         if (root / folder).exists():
             shutil.copytree(root / folder, stage / folder)
+    if mathjax is not None:
+        shutil.copytree(mathjax, stage / "_static" / "mathjax", ignore=shutil.ignore_patterns("*.eot", "*.otf", "*.svg"))
     for nb in chapters:
         rel = nb.relative_to(root)
         src = executed / rel.parent / rel.name

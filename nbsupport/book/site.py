@@ -78,6 +78,12 @@ def check_site(html_dir: str | Path, chapters: Sequence[str], forbidden_paths: S
         for ref, target in _internal_targets(page, raw):
             if not target.exists():
                 problems.append(f"{rel}: broken link {ref}")
+        if 'class="math' in raw:
+            scripts = re.findall(r'<script[^>]+src="([^"]*(?:MathJax|mathjax|tex-[a-z]+)[^"]*)"', raw)
+            if not scripts:
+                problems.append(f"{rel}: has maths but loads no MathJax")
+            elif (root / "_static" / "mathjax" / "MathJax.js").is_file() and not any("_static/mathjax/" in u for u in scripts):
+                problems.append(f"{rel}: MathJax is in _static/mathjax but the page loads {scripts[0]}")
     return problems
 
 

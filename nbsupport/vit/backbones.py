@@ -188,6 +188,7 @@ def create_vit(
     extra: dict[str, Any] = dict(kwargs)
     if img_size is not None:
         extra["img_size"] = img_size
+    _check_family(timm_name, {k: v for k, v in extra.items() if k != "img_size"})
     if tiny:
         if pretrained or weights_path:
             raise ValueError("tiny=True builds a shrunken architecture, which has no pretrained weights")
@@ -214,6 +215,21 @@ def create_vit(
             "pretrained=False for random weights (say so in your results), or profile='smoke'.") from exc
     model.nbsupport_weights = weights_label(timm_name, pretrained, revision, weights_path, tiny)  # type: ignore[attr-defined]
     return model
+
+
+def _check_family(timm_name: str, kwargs: dict[str, Any]) -> None:
+    """Refuse a non-ViT before any download: built on ``meta`` (no memory), its class is checked."""
+    from nbsupport.vit.families import SUPPORTED_FAMILIES, UnsupportedModelError
+
+    with torch.device("meta"):
+        probe = timm.create_model(timm_name, pretrained=False, **kwargs)
+    fam = type(probe).__name__
+    if fam not in SUPPORTED_FAMILIES:
+        raise UnsupportedModelError(
+            f"create_vit({timm_name!r}): a timm {fam} is not a Vision Transformer; the book's backbones and "
+            f"methods support the timm families {', '.join(SUPPORTED_FAMILIES)} (e.g. vit_base_patch16_224, "
+            "eva02_base_patch14_224). To fine-tune a CNN, build it with timm.create_model and use the methods "
+            "'linear' or 'full' of nbsupport.vit.methods.adapt")
 
 
 def weights_label(timm_name: str, pretrained: bool, revision: str | None = None,

@@ -24,6 +24,7 @@ from nbsupport.vit.adapters.dvpt import DVPTConfig, apply_dvpt
 from nbsupport.vit.adapters.ssf import apply_ssf
 from nbsupport.vit.adapters.vpt import apply_vpt
 from nbsupport.vit.backbones import count_parameters, freeze
+from nbsupport.vit.families import check_supported, features, probe, route_qkv_through_module
 from nbsupport.core.checkpoints import load_into, save_tensors
 
 __all__ = ["check_names", "MethodSpec", "METHODS", "adapt", "trainable_parameters", "trainable_state_dict",
@@ -94,6 +95,10 @@ def _lora(model: nn.Module, r: int = 8, alpha: int = 8, targets: tuple[str, ...]
           dropout: float = 0.0) -> nn.Module:
     from peft import LoraConfig, inject_adapter_in_model
 
+    route_qkv_through_module(model)
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    if tuple(targets) == ("qkv",) and "qkv" not in names and {"q_proj", "k_proj", "v_proj"} <= names:
+        targets = ("q_proj", "k_proj", "v_proj")      # separate projections (Eva with qkv_fused=False)
     config = LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), lora_dropout=dropout, bias="none")
     model = inject_adapter_in_model(config, model)
     for name, p in model.named_parameters():
@@ -142,15 +147,23 @@ def check_names(names: Any) -> list[str]:
     return names
 
 
-def adapt(model: nn.Module, method: str, **config: Any) -> nn.Module:
+def adapt(model: nn.Module, method: str, check: bool = True, **config: Any) -> nn.Module:
     """Adapt a timm ViT in place for ``method``; exactly the method's parameters + head train.
 
     Args:
-        model: a timm VisionTransformer with its task head (see :func:`nbsupport.vit.backbones.create_vit`).
+        model: a timm VisionTransformer or Eva with its task head (see :func:`nbsupport.vit.backbones.create_vit`).
         method: a key of :data:`METHODS`.
+        check: prove the adaptation on one small forward/backward (:func:`nbsupport.vit.families.probe`):
+            every trainable tensor gets a gradient, and the features are unchanged at initialisation
+            where the method promises it. Skipped for models on the ``meta`` device (parameter counts).
         **config: overrides of the method's defaults (e.g. ``num_prompts=50``, ``group_size=1``).
 
     The method name and its full config are stored on ``model.nbsupport_method``.
+
+    Raises:
+        ValueError: an unknown method or option.
+        nbsupport.vit.families.UnsupportedModelError: a model family (or model + method) that cannot
+            be adapted, before anything changes; or an adaptation that the check proves broken.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: expected one of {', '.join(METHODS)}")
@@ -159,9 +172,22 @@ def adapt(model: nn.Module, method: str, **config: Any) -> nn.Module:
     if unknown:
         raise ValueError(f"method {method!r} has no option(s) {sorted(unknown)}; options: {sorted(spec.defaults)}")
     cfg = {**spec.defaults, **config}
+    check_supported(model, method, cfg)
+    on_meta = any(p.is_meta for p in model.parameters())
+    reference, x = None, None
+    if check and not on_meta:
+        from nbsupport.vit.families import _input
+
+        x = _input(model)
+        was = model.training
+        with torch.no_grad():
+            reference = features(model.eval(), x)
+        model.train(was)
     freeze(model)
     model = spec.apply(model, **cfg)
     _unfreeze_head(model)
+    if check and not on_meta:
+        probe(model, method, reference, x)
     model.nbsupport_method = {"name": method, "config": {k: list(v) if isinstance(v, tuple) else v
                                                           for k, v in cfg.items()}}
     return model

@@ -37,8 +37,13 @@ class SSF(nn.Module):
 
 
 def apply_ssf(model: nn.Module) -> nn.Module:
-    """Wrap every operation of a timm ViT with :class:`SSF` (in place)."""
+    """Wrap every operation of a timm ViT with :class:`SSF` (in place): the patch embedding, every
+    linear layer and layer norm inside the blocks (qkv or q/k/v, projection, MLP, norms) and the
+    final norm."""
+    from nbsupport.vit.families import route_qkv_through_module
+
     d = model.embed_dim
+    route_qkv_through_module(model)             # Eva: attn.qkv is called, so its wrapper is seen
 
     def wrap(m: nn.Module) -> nn.Module:
         if isinstance(m, nn.Linear):
@@ -49,12 +54,10 @@ def apply_ssf(model: nn.Module) -> nn.Module:
 
     model.patch_embed = SSF(model.patch_embed, d)
     for blk in model.blocks:
-        blk.norm1 = wrap(blk.norm1)
-        blk.attn.qkv = wrap(blk.attn.qkv)
-        blk.attn.proj = wrap(blk.attn.proj)
-        blk.norm2 = wrap(blk.norm2)
-        blk.mlp.fc1 = wrap(blk.mlp.fc1)
-        blk.mlp.fc2 = wrap(blk.mlp.fc2)
+        for name, child in list(blk.named_modules()):
+            if isinstance(child, (nn.Linear, nn.LayerNorm)) and name:
+                parent_name, _, attr = name.rpartition(".")
+                setattr(blk.get_submodule(parent_name) if parent_name else blk, attr, wrap(child))
     model.norm = wrap(model.norm)
     return model
 

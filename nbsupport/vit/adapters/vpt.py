@@ -62,6 +62,10 @@ def apply_vpt(model: nn.Module, num_prompts: int = 10, deep: bool = False) -> nn
     if deep:
         for i in range(1, len(model.blocks)):
             model.blocks[i] = DeepPromptBlock(model.blocks[i], num_prompts, dim, at, patch)
-    # pooling (avg) and anything that skips prefix tokens must also skip the prompts
+    # pooling (avg) and anything that skips prefix tokens must also skip the prompts; so must rotary
+    # position embeddings (Eva), which are applied to the patch tokens after the prefix
     model.num_prefix_tokens = at + num_prompts
+    for module in model.modules():
+        if module is not model and isinstance(getattr(module, "num_prefix_tokens", None), int):
+            module.num_prefix_tokens = at + num_prompts
     return model
