@@ -63,6 +63,31 @@ def test_chapter_setup_is_one_line_of_machinery(nb_path):
         f"{nb_path.name}: the run record should be written by ch.finish in the last code cell"
 
 
+@pytest.mark.parametrize("nb_path", CHAPTERS, ids=lambda p: p.stem)
+def test_every_model_a_chapter_loads_is_a_parameter(nb_path):
+    nb = nbformat.read(nb_path, as_version=4)
+    params = next(c.source for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    if "make_backbone(profile" in code:
+        assert re.search(r"^weights = None", params, re.M) and "weights_path=weights" in code, nb_path.name
+    if "load_for_profile(" in code:
+        assert re.search(r"^sd_weights = None", params, re.M) and "weights=sd_weights" in code, nb_path.name
+
+
+def test_a_local_weights_file_replaces_the_profiles_backbone(tmp_path):
+    import safetensors.torch
+    import timm
+
+    from nbsupport.vit.experiment import make_backbone
+
+    ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=64)
+    safetensors.torch.save_file(ref.state_dict(), str(tmp_path / "mine.safetensors"))
+    bb = make_backbone("smoke", num_classes=5, weights_path=str(tmp_path / "mine.safetensors"))
+    assert bb.weights == f"local:{tmp_path / 'mine.safetensors'}"
+    model = bb.factory()
+    assert all(np.allclose(model.state_dict()[k], v) for k, v in ref.state_dict().items())
+
+
 @pytest.fixture(scope="session")
 def built_book(tmp_path_factory):
     """Execute every chapter at profile=smoke and build the website, once."""

@@ -211,8 +211,10 @@ def create_vit(
         raise WeightsUnavailableError(
             f"could not load pretrained weights for {timm_name!r}"
             f"{'@' + revision if revision else ''} ({exc.__class__.__name__}: {str(exc)[:300]}). "
-            "Offline or gated? Fixes: pass weights_path='/path/to/model.safetensors' (a local copy), "
-            "pretrained=False for random weights (say so in your results), or profile='smoke'.") from exc
+            "Offline or gated? Fixes: a local copy of the weights (weights_path='/path/to/model.safetensors'; "
+            "in a chapter: -p weights /path/to/model.safetensors), another model (in a chapter: -p backbone NAME), "
+            "pretrained=False for random weights (say so in your results), or the smoke profile "
+            "(-p profile smoke).") from exc
     model.nbsupport_weights = weights_label(timm_name, pretrained, revision, weights_path, tiny)  # type: ignore[attr-defined]
     return model
 

@@ -54,7 +54,7 @@ def make_backbone(profile: str | Profile, num_classes: int, backbone: str | None
     name = backbone or p.vit
     if name in BACKBONES and BACKBONES[name].file is None:
         name = BACKBONES[name].timm_name
-    tiny = p.random_weights and backbone is None
+    tiny = p.random_weights and backbone is None and weights_path is None
     use_pretrained = (not p.random_weights) if pretrained is None else pretrained
     size = image_size or p.image_size
 
