@@ -238,3 +238,83 @@ def test_generation_resumes_without_duplicating_or_keeping_stale_images(t2i, tmp
     calls.clear()
     sampling.generate_to_disk(comp, items, tmp_path, **{**kw, "steps": 3})   # other settings: all regenerated
     assert sorted(s for c in calls for s in c) == [10, 12, 13, 14, 99]
+
+
+# ----------------------------------------------------------------------------- any SD snapshot
+
+@pytest.fixture(scope="module")
+def sd2_snapshot(t2i, tmp_path_factory):
+    """A small local snapshot in the diffusers layout with SD 2.x's traits: linear projections in the
+    transformer blocks, per-level head dims, a GELU text encoder and a v-prediction scheduler."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from nbsupport.sd.tokenizer import load_tiny_tokenizer
+
+    root = tmp_path_factory.mktemp("sd2")
+    tok = load_tiny_tokenizer([t2i[i]["caption"] for i in range(len(t2i))], root / "tokenizer")
+    torch.manual_seed(0)
+    UNet2DConditionModel(sample_size=8, block_out_channels=(32, 64), layers_per_block=1,
+                         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=24,
+                         attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=8
+                         ).save_pretrained(root / "unet")
+    AutoencoderKL(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8,
+                  sample_size=32).save_pretrained(root / "vae")
+    CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=24, intermediate_size=48, num_hidden_layers=2,
+                                 num_attention_heads=2, hidden_act="gelu", bos_token_id=tok.bos_token_id,
+                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+                  ).save_pretrained(root / "text_encoder")
+    tok.save_pretrained(root / "tokenizer")
+    DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                  prediction_type="v_prediction").save_pretrained(root / "scheduler")
+    return root
+
+
+def test_any_snapshot_loads_with_its_own_scheduler(sd2_snapshot):
+    from nbsupport.sd.models import load_pretrained
+
+    comp = load_pretrained(local_dir=sd2_snapshot)
+    assert comp.scheduler.config.prediction_type == "v_prediction" and comp.weights == f"local:{sd2_snapshot}"
+    assert comp.unet.config.use_linear_projection
+
+
+def test_v_prediction_snapshots_train_on_the_velocity(sd2_snapshot, t2i, monkeypatch):
+    from nbsupport.sd import train as train_mod
+    from nbsupport.sd.models import load_pretrained
+
+    comp = load_pretrained(local_dir=sd2_snapshot)
+    z, eps, t = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4), torch.tensor([10, 900])
+    v = train_mod.training_target(comp.scheduler, z, eps, t)
+    abar = comp.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    assert torch.allclose(v, abar.sqrt() * eps - (1 - abar).sqrt() * z, atol=1e-6)
+    assert torch.equal(train_mod.training_target(build_tiny_scheduler(), z, eps, t), eps)
+    seen = []
+    real = train_mod.training_target
+    monkeypatch.setattr(train_mod, "training_target",
+                        lambda s, *a: seen.append(s.config.prediction_type) or real(s, *a))
+    train_mod.train_sd(comp, "lora", t2i, SDTrainConfig(steps=1, **CFG), progress=False)
+    assert seen == ["v_prediction"]
+
+
+def build_tiny_scheduler():
+    from nbsupport.sd.models import training_scheduler
+
+    return training_scheduler(None)
+
+
+def test_params_sd_counts_any_snapshot(sd2_snapshot, capsys):
+    import json as _json
+
+    from nbsupport.book.cli import main
+    from nbsupport.sd.models import load_pretrained
+
+    assert main(["params", "sd", "--model", str(sd2_snapshot), "--json"]) == 0
+    rows = {r["method"]: r for r in _json.loads(capsys.readouterr().out)}
+    comp = load_pretrained(local_dir=sd2_snapshot)
+    assert rows["unet"]["trainable"] == sum(p.numel() for p in comp.unet.parameters())
+    assert rows["all"]["trainable"] == sum(p.numel() for m in comp.models().values() for p in m.parameters())
+    assert rows["bitfit"]["trainable"] == sum(p.numel() for n, p in comp.unet.named_parameters() if n.endswith("bias"))
+    assert main(["params", "sd", "--model", str(sd2_snapshot / "nope")]) == 2
+    assert "unet/config.json" in capsys.readouterr().out

@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     params = sub.add_parser("params", help="parameter tables (see nbsupport.vit.methods)")
     params.add_argument("family", choices=["vit", "sd"])
     params.add_argument("--backbone", default="vit_base_patch16_224")
+    params.add_argument("--model", default=None, help="sd: a diffusers SD snapshot (local folder or hub id); "
+                                                       "default: SD 1.5's architecture")
     params.add_argument("--json", action="store_true")
     return parser
 
@@ -152,7 +154,13 @@ def _cmd_params(args: argparse.Namespace) -> int:
         except ImportError as exc:
             print(f"error: the sd parameter table needs diffusers and transformers: pip install 'nbsupport[sd]' ({exc})")
             return 2
-        rows = sd_table()
+        from nbsupport.sd.models import WeightsUnavailableError
+
+        try:
+            rows = sd_table(model=args.model)
+        except WeightsUnavailableError as exc:
+            print(f"error: {exc}")
+            return 2
     else:
         from nbsupport.vit.backbones import BACKBONES
         from nbsupport.vit.methods import parameter_table

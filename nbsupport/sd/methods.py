@@ -231,17 +231,25 @@ def load_trainable(components: SDComponents, path: str | Path) -> SDComponents:
     return components
 
 
-def parameter_table(methods: list[str] | None = None) -> list[dict[str, Any]]:
-    """Trainable parameters of every method on the SD 1.5 architecture (built on ``meta``).
+def parameter_table(methods: list[str] | None = None, model: str | None = None) -> list[dict[str, Any]]:
+    """Trainable parameters of every method on an SD architecture built on ``meta`` (no weights).
+
+    Args:
+        methods: registry keys (default: all).
+        model: ``None`` for SD 1.5's architecture, or a diffusers SD snapshot (local folder or hub id)
+            whose configs define it (SD 2.x, a fine-tune, the pocket model exported as a snapshot, ...).
 
     ``checkpoint_bytes`` counts the trainable tensors in fp32 (what ``save_trainable`` writes,
     without its small JSON header).
     """
-    from nbsupport.sd.models import build_sd15
+    from nbsupport.sd.models import build_from_configs, build_sd15
+
+    def build() -> SDComponents:
+        return build_sd15("meta") if model is None else build_from_configs(model, "meta")
 
     rows = []
     for method in methods or list(SD_METHODS):
-        comp = build_sd15("meta")
+        comp = build()
         sizes = {k: sum(p.numel() for p in m.parameters()) for k, m in comp.models().items()}
         groups = prepare(comp, method)
         trainable = sum(p.numel() for g in groups for p in g["params"])

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 __all__ = ["SD15_HUB_ID", "SD15_REVISION", "UNET_SD15", "VAE_SD15", "TEXT_SD15", "SDComponents",
-           "build_sd15", "build_tiny", "load_pretrained", "load_for_profile", "WeightsUnavailableError"]
+           "build_sd15", "build_from_configs", "build_tiny", "load_pretrained", "load_for_profile",
+           "training_scheduler", "WeightsUnavailableError"]
 
 # The original runwayml repository moved; this is the maintained mirror.
 SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -113,6 +114,64 @@ def build_sd15(device: str | torch.device = "meta", with_vae: bool = True) -> SD
     return SDComponents(unet, vae, text, None, _scheduler(), "random", "SD 1.5 architecture (no weights)")
 
 
+def _is_local(src: str | Path) -> bool:
+    return Path(str(src)).expanduser().is_dir()
+
+
+def _configs(src: str | Path, revision: str | None = None) -> dict[str, Any]:
+    """The ``unet``, ``vae``, ``text_encoder`` and ``scheduler`` configs of a diffusers SD snapshot
+    (a local folder, or a hub id: only the small JSON files are fetched)."""
+    import json
+
+    def read(sub: str, name: str) -> dict[str, Any] | None:
+        if _is_local(src):
+            f = Path(str(src)).expanduser() / sub / name
+            return json.loads(f.read_text()) if f.is_file() else None
+        from huggingface_hub import hf_hub_download
+
+        try:
+            return json.loads(Path(hf_hub_download(str(src), name, subfolder=sub, revision=revision)).read_text())
+        except Exception:  # noqa: BLE001 - missing file or offline: reported below
+            return None
+
+    out = {"unet": read("unet", "config.json"), "vae": read("vae", "config.json"),
+           "text_encoder": read("text_encoder", "config.json"), "scheduler": read("scheduler", "scheduler_config.json")}
+    missing = [k for k in ("unet", "vae", "text_encoder") if out[k] is None]
+    if missing:
+        raise WeightsUnavailableError(
+            f"{src}: no {', '.join(f'{m}/config.json' for m in missing)}. Expected a diffusers Stable Diffusion "
+            "snapshot (unet/, vae/, text_encoder/, tokenizer/, scheduler/), as a local folder or a hub id "
+            "(offline: a local folder)")
+    return out
+
+
+def training_scheduler(config: dict[str, Any] | None) -> Any:
+    """A ``DDPMScheduler`` with a snapshot's noise schedule and ``prediction_type`` (SD 1.x:
+    ``epsilon``; SD 2.x at 768 px: ``v_prediction``); SD 1.5's schedule when ``config`` is None."""
+    from diffusers import DDPMScheduler
+
+    if config is None:
+        return _scheduler()
+    return DDPMScheduler.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+
+
+def build_from_configs(src: str | Path, device: str | torch.device = "meta", revision: str | None = None) -> SDComponents:
+    """Any diffusers SD snapshot's architecture (SD 1.x, 2.x, the pocket model, ...) from its configs,
+    random (or, on ``meta``, unallocated) weights: parameter counts and costs without the weights."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = _configs(src, revision)
+    strip = lambda c: {k: v for k, v in c.items() if not k.startswith("_")}  # noqa: E731
+    with torch.device(device):
+        unet = UNet2DConditionModel.from_config(strip(cfg["unet"]))
+        vae = AutoencoderKL.from_config(strip(cfg["vae"]))
+        text = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in cfg["text_encoder"].items()
+                                               if k not in ("architectures", "transformers_version")}))
+    return SDComponents(unet, vae, text, None, training_scheduler(cfg["scheduler"]), "random",
+                        f"architecture of {src} (no weights)")
+
+
 def build_tiny(corpus: Iterable[str], tokenizer_dir: str | Path, seed: int = 0) -> SDComponents:
     """A tiny random Stable Diffusion (same classes, a few hundred thousand parameters) and a
     local tokenizer whose vocabulary covers ``corpus``."""
@@ -133,7 +192,11 @@ def build_tiny(corpus: Iterable[str], tokenizer_dir: str | Path, seed: int = 0) 
 
 def load_pretrained(hub_id: str = SD15_HUB_ID, revision: str | None = SD15_REVISION,
                     local_dir: str | Path | None = None, dtype: torch.dtype = torch.float32) -> SDComponents:
-    """Load UNet, VAE, text encoder and tokenizer from the hub (or a local copy of the repo).
+    """Load UNet, VAE, text encoder, tokenizer and the training scheduler of any diffusers Stable
+    Diffusion snapshot (SD 1.x, 2.x, ...) from the hub (``hub_id@revision``) or a local folder.
+
+    The scheduler comes from the snapshot's ``scheduler/scheduler_config.json``: its noise schedule
+    and ``prediction_type`` (``epsilon`` or ``v_prediction``) decide the training loss.
 
     Raises:
         WeightsUnavailableError: naming the repository and the fixes.
@@ -141,21 +204,28 @@ def load_pretrained(hub_id: str = SD15_HUB_ID, revision: str | None = SD15_REVIS
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    src = str(local_dir) if local_dir else hub_id
+    if local_dir is None and "@" in hub_id:
+        hub_id, revision = hub_id.split("@", 1)
+    src = str(Path(str(local_dir)).expanduser()) if local_dir else hub_id
     kw: dict[str, Any] = {"revision": revision} if (revision and not local_dir) else {}
     try:
         tok = CLIPTokenizer.from_pretrained(src, subfolder="tokenizer", **kw)
         text = CLIPTextModel.from_pretrained(src, subfolder="text_encoder", torch_dtype=dtype, use_safetensors=True, **kw)
         vae = AutoencoderKL.from_pretrained(src, subfolder="vae", torch_dtype=dtype, use_safetensors=True, **kw)
         unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet", torch_dtype=dtype, use_safetensors=True, **kw)
+        scheduler_cfg = _configs(src, revision)["scheduler"]
     except (OSError, ValueError, RuntimeError, ConnectionError) as exc:
         raise WeightsUnavailableError(
             f"could not load Stable Diffusion from {src!r}{'@' + revision if revision else ''} "
-            f"({exc.__class__.__name__}: {str(exc)[:300]}). Offline? Fixes: local_dir='/path/to/a/copy/of/the/repo' "
-            "(unet/, vae/, text_encoder/, tokenizer/ with safetensors), or profile='smoke' (tiny random pipeline). "
-            "A token, if the repository needs one, is read from the HF_TOKEN environment variable.") from exc
+            f"({exc.__class__.__name__}: {str(exc)[:300]}). Offline? Fixes: a local copy of the repository "
+            "(unet/, vae/, text_encoder/, tokenizer/, scheduler/ with safetensors; in a chapter: -p sd_weights /path), "
+            "or the smoke profile (-p profile smoke: a tiny random pipeline). A token, if the repository needs "
+            "one, is read from the HF_TOKEN environment variable.") from exc
     label = f"pretrained:{hub_id}@{revision or 'default'}" if not local_dir else f"local:{local_dir}"
-    return SDComponents(unet, vae, text, tok, _scheduler(), label, f"Stable Diffusion ({src})")
+    comp = SDComponents(unet, vae, text, tok, training_scheduler(scheduler_cfg), label, f"Stable Diffusion ({src})")
+    if scheduler_cfg is None:
+        comp.extra["notice"] = f"{src} has no scheduler/scheduler_config.json: SD 1.5's schedule (epsilon) is used"
+    return comp
 
 
 def load_for_profile(profile: Any, captions: Iterable[str] = (), tokenizer_dir: str | Path | None = None,
@@ -165,7 +235,8 @@ def load_for_profile(profile: Any, captions: Iterable[str] = (), tokenizer_dir: 
     - ``tiny``: :func:`build_tiny` (random by design; its tokenizer covers ``captions``);
     - ``pocket``: :func:`nbsupport.sd.pocket.load_pocket` (the shipped weights, hash-checked, or the
       file ``weights`` names);
-    - ``sd15``: :func:`load_pretrained` (the pinned hub id, or the local copy ``weights`` names).
+    - ``sd15``: :func:`load_pretrained` (the pinned SD 1.5 hub id; or ``weights``: a local snapshot
+      folder or another hub id with an optional ``@revision``, e.g. an SD 2.x model).
 
     Raises:
         WeightsUnavailableError: when the weights cannot be had, naming the fixes.
@@ -189,5 +260,7 @@ def load_for_profile(profile: Any, captions: Iterable[str] = (), tokenizer_dir: 
         check_prompts(captions, stacklevel=3)
         return comp
     if prof.sd_model == "sd15":
+        if weights is not None and not _is_local(weights):
+            return load_pretrained(str(weights))           # a hub id, with an optional @revision
         return load_pretrained(local_dir=weights)
     raise ValueError(f"profile {prof.name!r}: sd_model={prof.sd_model!r} is not one of 'tiny', 'pocket', 'sd15'")

@@ -1,6 +1,7 @@
 """Fine-tune Stable Diffusion with any registered method, at any resolution, resumably.
 
-DDPM epsilon-prediction MSE on VAE latents; when the VAE trains, a pixel reconstruction loss is
+DDPM MSE on VAE latents, with the target the model's scheduler names (noise for SD 1.x, velocity
+for v-prediction models such as SD 2.x at 768 px: :func:`training_target`); when the VAE trains, a pixel reconstruction loss is
 added (as in the study). Memory savers, chosen by the config: mixed precision (fp16 autocast with a
 GradScaler on a T4, bf16 where supported) with trainable parameters kept in fp32 and frozen models
 cast to half; gradient checkpointing; 8-bit AdamW when bitsandbytes works (else AdamW, with a
@@ -30,7 +31,7 @@ from nbsupport.sd.methods import SD_METHODS, prepare, save_trainable, trainable_
 from nbsupport.sd.models import SDComponents
 
 __all__ = ["SDTrainConfig", "SDTrainResult", "train_sd", "encode_prompts", "make_optimizer", "denoising_loss",
-           "run_sd_method"]
+           "run_sd_method", "training_target"]
 
 
 @dataclass
@@ -113,6 +114,20 @@ def make_optimizer(groups: list[dict[str, Any]], cfg: SDTrainConfig, device: tor
     elif cfg.use_8bit_adam:
         notices.append("8-bit AdamW needs CUDA; using torch AdamW")
     return torch.optim.AdamW(clean, weight_decay=cfg.weight_decay, fused=device.type == "cuda"), notices
+
+
+def training_target(scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the UNet learns to predict, by the scheduler's ``prediction_type``: the noise
+    (``epsilon``, SD 1.x), the velocity ``sqrt(abar) eps - sqrt(1 - abar) z0`` (``v_prediction``,
+    SD 2.x at 768 px), or the clean latent (``sample``)."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, t)
+    if kind == "sample":
+        return latents
+    raise ValueError(f"prediction_type={kind!r}: expected 'epsilon', 'v_prediction' or 'sample'")
 
 
 def _autocast_dtype(cfg: SDTrainConfig, device: torch.device) -> torch.dtype | None:
@@ -266,7 +281,7 @@ def train_sd(
                 t = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=gen).to(device)
                 noisy = sched.add_noise(latents, noise, t)
                 pred = unet(noisy.to(half) if dtype else noisy, t, emb).sample
-                loss = F.mse_loss(pred.float(), noise.float())
+                loss = F.mse_loss(pred.float(), training_target(sched, latents, noise, t).float())
                 if recon_loss is not None:
                     loss = loss + recon_loss
             scaler.scale(loss / cfg.grad_accum).backward()
@@ -324,7 +339,8 @@ def denoising_loss(components: SDComponents, dataset: Dataset, device: torch.dev
         noisy = components.scheduler.add_noise(latents, noise, t)
         emb = encode_prompts(components, [it["caption"] for it in items], device)
         pred = unet(noisy.to(dtype), t, emb.to(dtype)).sample.float()
-        total += F.mse_loss(pred, noise, reduction="sum").item() / noise[0].numel()
+        target = training_target(components.scheduler, latents, noise, t).float()
+        total += F.mse_loss(pred, target, reduction="sum").item() / noise[0].numel()
         count += len(items)
     return total / max(count, 1)
 
