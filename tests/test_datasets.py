@@ -254,6 +254,36 @@ def test_medmnist_from_cached_npz(tmp_path):
     assert len(build_dataset("retinamnist-224", "test", download=False, limit=2)) == 2
 
 
+def test_nih_chestxray14_in_its_published_layout(tmp_path):
+    """The shipped manifest on files laid out as the NIH download is: Data_Entry_2017.csv with its
+    real columns, grayscale PNGs under images/, '|'-separated findings, 'No Finding' rows."""
+    from PIL import Image
+
+    from nbsupport.core.paths import data_dir
+
+    root = data_dir("nih-chestxray14")
+    (root / "images").mkdir(parents=True)
+    header = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+              "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]\n")
+    findings = ["No Finding", "Edema", "Effusion|Mass", "Cardiomegaly|Edema|Hernia"]
+    rows = []
+    for i in range(40):
+        name = f"{i // 2:08d}_{i % 2:03d}.png"
+        Image.fromarray(np.full((32, 32), 10 * i % 255, np.uint8), mode="L").save(root / "images" / name)
+        rows.append(f"{name},{findings[i % 4]},{i % 2},{i // 2},{40 + i},M,PA,2500,2048,0.143,0.143\n")
+    (root / "Data_Entry_2017.csv").write_text(header + "".join(rows))
+    train = build_dataset("nih-chestxray14", "train", task="text-to-image", image_size=16)
+    test = build_dataset("nih-chestxray14", "test", task="classification", image_size=16)
+    caps = {train[i]["caption"] for i in range(len(train))}
+    assert caps <= {"Normal chest X-ray with no significant findings.", "Chest X-ray showing Edema.",
+                    "Chest X-ray showing Effusion, Mass.", "Chest X-ray showing Cardiomegaly, Edema, Hernia."}
+    assert train[0]["pixel_values"].shape == (3, 16, 16)
+    x, y = test[0]
+    assert y.shape == (14,) and set(y.tolist()) <= {0.0, 1.0}
+    patients = {s: {it.patient for it in ds.items} for s, ds in (("train", train), ("test", test))}
+    assert patients["train"] and patients["test"] and not patients["train"] & patients["test"]
+
+
 def test_medmnist_missing_offline():
     pytest.importorskip("medmnist")
     with pytest.raises(DataUnavailableError, match="nbsupport data fetch retinamnist-224"):
