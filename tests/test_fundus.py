@@ -8,7 +8,7 @@ from nbsupport.data import fundus
 def test_shapes_and_types():
     s = fundus.generate_fundus(1, 2, 96)
     assert s.image.shape == (96, 96, 3) and s.image.dtype == np.uint8
-    assert set(s.masks) == set(fundus.LESION_KINDS)
+    assert set(s.masks) == set(fundus.MASK_KINDS) == set(fundus.LESION_KINDS) | {"vessels", "optic_disc"}
     assert all(m.shape == (96, 96) and m.dtype == bool for m in s.masks.values())
     assert s.mask_stack().shape == (len(fundus.LESION_KINDS), 96, 96)
 
@@ -96,3 +96,28 @@ def test_bad_arguments():
         fundus.generate_fundus(0, 1, camera="sony")
     with pytest.raises(ValueError, match="size=16"):
         fundus.generate_fundus(0, 1, size=16)
+
+
+@pytest.mark.parametrize("seed, grade, size, camera, digest", [
+    (7, 2, 64, "default", "fa9df9dee3f2a040"),
+    (11, 4, 96, "clinic_dim_bluish", "40a6d1bcef074afb"),
+    (3, 0, 128, "bright_warm", "1500dc235c868322"),
+])
+def test_the_generators_images_are_frozen(seed, grade, size, camera, digest):
+    # the shipped pocket models, every run's data fingerprint and checkpoint key depend on these pixels
+    import hashlib
+
+    img = fundus.generate_fundus(seed, grade, size, camera).image
+    assert hashlib.sha256(img.tobytes()).hexdigest()[:16] == digest
+
+
+def test_structure_masks_follow_the_anatomy():
+    s = fundus.generate_fundus(7, 2, 128)
+    disc, vessels = s.masks["optic_disc"], s.masks["vessels"]
+    ys, xs = np.nonzero(disc)
+    cx, cy = s.meta["disc"]
+    assert abs(xs.mean() / 128 - cx) < 0.02 and abs(ys.mean() / 128 - cy) < 0.02
+    assert 0.02 < vessels.mean() < 0.3
+    red = s.image[..., 0].astype(float) - s.image[..., 1]
+    fov = s.image.sum(-1) > 30
+    assert red[vessels & fov].mean() > red[~vessels & ~disc & fov].mean()       # vessels are the redder pixels

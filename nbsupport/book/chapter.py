@@ -106,7 +106,7 @@ def start(name: str, profile: str | Profile, seed: int = 0, dataset: str | None 
     prof = get_profile(profile)
     dev = pick_device(str(device) if device is not None else None)
     seed_everything(seed)
-    default = prof.sd_dataset if task == "text-to-image" else prof.default_dataset
+    default = {"text-to-image": prof.sd_dataset, "segmentation": prof.seg_dataset}.get(task, prof.default_dataset)
     ch = Chapter(name=name, profile=prof, device=dev, seed=seed, dataset=dataset or default,
                  seeds=tuple(int(s) for s in (seeds if seeds is not None else prof.seeds)),
                  timer=records.RunTimer(dev), provenance=provenance_line(prof, dev, task))

@@ -40,6 +40,7 @@ class Profile:
         vit: timm model name of the classification backbone.
         default_dataset: manifest used when a chapter is not given one.
         sd_dataset: text-to-image manifest of the Stable Diffusion chapters.
+        seg_dataset: segmentation manifest of the segmentation chapter.
         sd_grad_accum: gradient accumulation of Stable Diffusion training.
         sd_precision: ``"fp16"`` (T4: no bf16 on Turing), ``"bf16"`` or None (fp32).
         sd_sample_steps: denoising steps when sampling.
@@ -77,6 +78,7 @@ class Profile:
     num_workers: int
     mixed_precision: bool
     sd_dataset: str = "fundus-procedural"
+    seg_dataset: str = "fundus-clinic-seg"
     sd_grad_accum: int = 1
     sd_precision: str | None = None
     sd_sample_steps: int = 30
@@ -174,6 +176,7 @@ PROFILES: dict[str, Profile] = {
         num_workers=2,
         mixed_precision=True,
         sd_dataset="nih-chestxray14",
+        seg_dataset="isic2016-seg",
         sd_grad_accum=4,
         sd_precision="fp16",
         sd_sample_steps=30,
@@ -197,6 +200,7 @@ PROFILES: dict[str, Profile] = {
         num_workers=8,
         mixed_precision=True,
         sd_dataset="chexpert",
+        seg_dataset="isic2016-seg",
         sd_grad_accum=4,
         sd_precision="bf16",
         sd_sample_steps=50,

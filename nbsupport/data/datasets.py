@@ -177,6 +177,11 @@ class FundusDataset(_TaskMixin, Dataset):
         self.manifest = manifest or load_manifest("fundus-procedural")
         self.mean, self.std, self.transform = mean, std, transform
         self.classes = list(fundus.GRADE_SHORT)
+        self.mask_kinds = list(self.manifest.get("mask_kinds") or fundus.LESION_KINDS)
+        bad = [k for k in self.mask_kinds if k not in fundus.MASK_KINDS]
+        if bad:
+            raise DataError(self.manifest.path or self.manifest.name, "mask_kinds",
+                            f"{bad} are not drawn by the generator; expected some of {list(fundus.MASK_KINDS)}")
         p = np.asarray(class_balance, dtype=np.float64)
         if p.shape != (5,) or (p < 0).any() or p.sum() <= 0:
             raise ValueError(f"class_balance={list(class_balance)}: expected 5 non-negative proportions")
@@ -212,7 +217,7 @@ class FundusDataset(_TaskMixin, Dataset):
         if self.task == "classification":
             return x, s.grade
         if self.task == "segmentation":
-            return x, _mask_tensor([s.masks[k] for k in fundus.LESION_KINDS], self.image_size)
+            return x, _mask_tensor([s.masks[k] for k in self.mask_kinds], self.image_size)
         return {"pixel_values": x, "caption": self._caption(s.grade, s.caption), "label": s.grade}
 
 
@@ -242,20 +247,33 @@ class ImageListDataset(_TaskMixin, Dataset):
         self.image_size, self.mean, self.std, self.transform = int(image_size), mean, std, transform
         self.classes = manifest.classes
         self.targets = [it.target for it in items]
+        self.mask_kinds = manifest.findings if task == "segmentation" else []
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> Any:
         it = self.items[i]
-        x = self._image(_read_image(it.path))
+        image = _read_image(it.path)
+        x = self._image(image)
         if self.task == "classification":
             y = it.target
             return x, (torch.tensor(y, dtype=torch.float32) if isinstance(y, list) else int(y))
         if self.task == "segmentation":
             if not it.masks:
                 raise DataError(it.path, "source.layout.mask_columns", "no mask files for this image")
-            return x, _mask_tensor([_read_image(m, "mask") for m in it.masks], self.image_size)
+            layout = self.manifest.source.get("layout", self.manifest.source)
+            if layout.get("type") == "pairs":
+                masks: list[Any] = _mask_channels(_read_image(it.masks[0], "mask"), image, self.manifest.findings,
+                                                  layout, it.masks[0])
+            else:
+                masks = [_read_image(m, "mask") for m in it.masks]
+                for m, path in zip(masks, it.masks):
+                    if m.size != image.size:
+                        raise DataError(path, "source.layout.mask_columns",
+                                        f"mask is {m.size[0]}x{m.size[1]} but its image {it.path.name} is "
+                                        f"{image.size[0]}x{image.size[1]}: a misaligned pair; fix the mask")
+            return x, _mask_tensor(masks, self.image_size)
         return {"pixel_values": x, "caption": self._caption(it.target, None), "label": it.target}
 
 
@@ -346,6 +364,64 @@ def _items_from_folder(manifest: Manifest, layout: dict[str, Any], root: Path) -
     if not items:
         raise DataError(root, "source.root", f"no images with extensions {exts} under class sub-folders")
     return items
+
+
+def _items_from_pairs(manifest: Manifest, layout: dict[str, Any], base: Path) -> list[ImageItem]:
+    """An image folder and a mask folder: ``masks/<image stem><mask_suffix>`` for every image."""
+    exts = tuple(e.lower() for e in layout.get("extensions", DEFAULT_EXTENSIONS))
+    images = Path(os.path.expandvars(layout["images"])).expanduser()
+    masks = Path(os.path.expandvars(layout["masks"])).expanduser()
+    images, masks = (p if p.is_absolute() else base / p for p in (images, masks))
+    for folder, field in ((images, "source.layout.images"), (masks, "source.layout.masks")):
+        if not folder.is_dir():
+            raise DataError(folder, field, "folder not found")
+    suffix = layout.get("mask_suffix", ".png")
+    items, orphans = [], []
+    for f in sorted(images.iterdir()):
+        if f.suffix.lower() not in exts or not f.is_file():
+            continue
+        m = masks / f"{f.stem}{suffix}"
+        if not m.is_file():
+            orphans.append(f.name)
+            continue
+        items.append(ImageItem(f, None, None, None, [m]))
+    if orphans:
+        raise DataError(images / orphans[0], "source.layout.masks",
+                        f"{len(orphans)} image(s) have no mask {masks}/<stem>{suffix}, e.g. {orphans[:3]}; "
+                        "nothing trains on unpaired images: add the masks, remove the images, or fix mask_suffix")
+    if not items:
+        raise DataError(images, "source.layout.images", f"no images with extensions {exts}")
+    return items
+
+
+def _mask_channels(mask: Image.Image, image: Image.Image, kinds: Sequence[str], layout: dict[str, Any],
+                   path: Path) -> list[np.ndarray]:
+    """One ``bool [H, W]`` array per kind from an index or colour mask, checked against its image."""
+    if mask.size != image.size:
+        raise DataError(path, "source.layout.masks", f"mask is {mask.size[0]}x{mask.size[1]} but its image is "
+                                                     f"{image.size[0]}x{image.size[1]}: a misaligned pair; "
+                                                     "fix the mask (nothing trains on it)")
+    colour = any(isinstance(v, list) for v in layout["mask_map"].values())
+    arr = np.asarray(mask.convert("RGB" if colour else "L"), dtype=np.int16)
+    tol = int(layout.get("mask_tolerance", 0))
+    background = layout.get("background", [0, 0, 0] if colour else 0)
+
+    def near(value: Any) -> np.ndarray:
+        diff = np.abs(arr - np.asarray(value, dtype=np.int16))
+        return (diff.max(-1) if colour else diff) <= tol
+
+    channels = [near(layout["mask_map"][k]) for k in kinds]
+    known = near(background)
+    for c in channels:
+        known |= c
+    if not known.all():
+        values = arr[~known][:1000].tolist()
+        shown = sorted({tuple(v) if colour else v for v in values})[:5]
+        raise DataError(path, "source.layout.mask_map", f"{int((~known).sum())} pixel(s) have values {shown} that "
+                                                        f"are neither background {background} nor in mask_map "
+                                                        f"{layout['mask_map']} (tolerance {tol}); JPEG masks need "
+                                                        "mask_tolerance > 0")
+    return channels
 
 
 def _items_from_csv(manifest: Manifest, layout: dict[str, Any], base: Path) -> list[ImageItem]:
@@ -478,8 +554,10 @@ def _layout_base(manifest: Manifest) -> tuple[dict[str, Any], Path]:
     layout = src.get("layout", src)
     if src["type"] in ("url", "manual"):
         base = manifest.resolve(layout.get("root", "."))
+    elif layout["type"] in ("folder", "pairs"):
+        base = manifest.resolve(layout.get("root", "."))
     else:
-        base = manifest.resolve(layout.get("root", ".")) if layout["type"] == "folder" else data_dir(manifest.name)
+        base = data_dir(manifest.name)
     return layout, base
 
 
@@ -492,6 +570,7 @@ def list_items(manifest: Manifest, download: bool = True) -> list[ImageItem]:
         _check_manual(manifest)
     layout, base = _layout_base(manifest)
     items = (_items_from_folder(manifest, layout, base) if layout["type"] == "folder"
+             else _items_from_pairs(manifest, layout, base) if layout["type"] == "pairs"
              else _items_from_csv(manifest, layout, base))
     _assign_splits(items, manifest["splits"])
     _check_patients(manifest, items)

@@ -42,6 +42,8 @@ __all__ = [
     "GRADE_SHORT",
     "LESION_KINDS",
     "LOOK_ALIKES",
+    "STRUCTURES",
+    "MASK_KINDS",
     "CameraModel",
     "CAMERA_PRESETS",
     "FundusSample",
@@ -69,6 +71,9 @@ LESION_KINDS: tuple[str, ...] = (
 )
 # Findings that are not diabetic retinopathy but look like it (yellow drusen, dark pigment clumps).
 LOOK_ALIKES: tuple[str, ...] = ("drusen", "pigment_clumps")
+# Anatomy with a mask too (segmentation targets, like DRIVE's vessels and IDRiD's optic disc).
+STRUCTURES: tuple[str, ...] = ("vessels", "optic_disc")
+MASK_KINDS: tuple[str, ...] = (*STRUCTURES, *LESION_KINDS)
 _LESION_WORDS = {
     "microaneurysms": "microaneurysms",
     "haemorrhages": "haemorrhages",
@@ -157,7 +162,8 @@ class FundusSample:
     Attributes:
         image: ``uint8`` array ``[H, W, 3]``.
         grade: diabetic-retinopathy grade 0-4.
-        masks: lesion kind -> ``bool`` array ``[H, W]`` (every kind present, empty when absent).
+        masks: kind -> ``bool`` array ``[H, W]`` for every kind of :data:`MASK_KINDS` (the two
+            structures, vessels and optic disc, and the lesion kinds, empty when absent).
         caption: a sentence describing the eye (for text-to-image).
         counts: lesion kind -> number of lesions drawn.
         findings: lesion kinds present, in :data:`LESION_KINDS` order (+ ``venous_beading``).
@@ -543,9 +549,12 @@ def generate_fundus(
         Image.fromarray(image).save(buf, format="JPEG", quality=int(cam.jpeg))
         image = np.asarray(Image.open(buf).convert("RGB"))
 
-    # --- masks at output size: a pixel is lesion when >= 25% of it is covered
+    # --- masks at output size: a pixel belongs to a kind when >= 25% of it is covered (drawn after
+    # the image, from the same geometry: adding them changed no random draw and no pixel)
+    vessels = Image.fromarray(np.maximum(np.asarray(art_im), np.asarray(vein_im)))
+    disc_im = Image.fromarray(((disc_m >= 0.5) * 255).astype(np.uint8))
     masks: dict[str, np.ndarray] = {}
-    for kind, im in lesion_layers.items():
+    for kind, im in (("vessels", vessels), ("optic_disc", disc_im), *lesion_layers.items()):
         if R != size:
             im = im.resize((size, size), Image.BOX)
         masks[kind] = np.asarray(im) >= 64

@@ -79,6 +79,26 @@ _layout_csv = {
     },
 }
 
+_mask_value = {"oneOf": [{"type": "integer", "minimum": 0, "maximum": 255},
+                         {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 255},
+                          "minItems": 3, "maxItems": 3}]}
+_layout_pairs = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["type", "images", "masks", "mask_map"],
+    "properties": {
+        "type": {"const": "pairs"},
+        "images": _str,                      # folder of images
+        "masks": _str,                       # folder of masks, one per image
+        "mask_suffix": {"type": "string"},   # mask name = image stem + suffix (default: ".png")
+        "extensions": _str_list,
+        # kind -> grey value (index masks) or [r, g, b] (colour masks); everything else must be background
+        "mask_map": {"type": "object", "minProperties": 1, "additionalProperties": _mask_value},
+        "background": _mask_value,           # default 0 / [0, 0, 0]
+        "mask_tolerance": {"type": "integer", "minimum": 0, "maximum": 255},   # JPEG masks: > 0
+    },
+}
+
 SOURCE_SCHEMAS: dict[str, dict[str, Any]] = {
     "synthetic": {
         "type": "object",
@@ -95,6 +115,7 @@ SOURCE_SCHEMAS: dict[str, dict[str, Any]] = {
     },
     "folder": _layout_folder,
     "csv": _layout_csv,
+    "pairs": _layout_pairs,
     "medmnist": {
         "type": "object",
         "additionalProperties": False,
@@ -150,6 +171,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
         "homepage": _str,
         "classes": _str_list,
         "findings": _str_list,
+        "mask_kinds": _str_list,
         "label_columns": _str_list,
         "multi_label": {"type": "boolean"},
         "patient_column": _str,
@@ -243,8 +265,8 @@ def validate_manifest(data: Any, file: str | Path = "<manifest>") -> dict[str, A
     if src["type"] in ("url", "manual"):
         layout = src["layout"]
         lt = layout.get("type")
-        if lt not in ("folder", "csv"):
-            raise ManifestError(file, "source.layout.type", f"expected one of ['folder', 'csv'], got {lt!r}")
+        if lt not in ("folder", "csv", "pairs"):
+            raise ManifestError(file, "source.layout.type", f"expected one of ['folder', 'csv', 'pairs'], got {lt!r}")
         err = _first_error(jsonschema.Draft202012Validator(SOURCE_SCHEMAS[lt]), layout)
         if err is not None:
             raise ManifestError(file, *_explain(err, "source.layout"))
@@ -260,6 +282,14 @@ def validate_manifest(data: Any, file: str | Path = "<manifest>") -> dict[str, A
     if "segmentation" in tasks and src["type"] != "synthetic" and "findings" not in out:
         raise ManifestError(file, "findings", "missing: a segmentation manifest names its mask kinds in 'findings'")
     layout = src.get("layout", src)
+    if layout.get("type") == "pairs":
+        if set(tasks) != {"segmentation"}:
+            raise ManifestError(file, "tasks", "a 'pairs' source (image folder + mask folder) has masks only: "
+                                               "tasks must be [segmentation]")
+        unmapped = [k for k in out.get("findings", []) if k not in layout["mask_map"]]
+        if unmapped:
+            raise ManifestError(file, "source.layout.mask_map", f"findings {unmapped} have no value in mask_map "
+                                                                f"({sorted(layout['mask_map'])})")
     labelled = bool({"classification", "text-to-image"} & set(tasks))
     if layout.get("type") == "csv" and labelled and "label_columns" not in out:
         raise ManifestError(file, "label_columns", "missing: a csv source needs the label column name(s)")

@@ -25,7 +25,8 @@ from nbsupport.core.paths import cache_dir
 from nbsupport.core.profiles import Profile, get_profile
 from nbsupport.vit.train import TrainConfig, train_classifier
 
-__all__ = ["ClassificationData", "Backbone", "make_backbone", "load_classification_data", "label_subset",
+__all__ = ["ClassificationData", "Backbone", "make_backbone", "load_classification_data", "load_segmentation_data",
+           "build_model", "label_subset",
            "run_method", "run_seeds", "summarise", "versus", "default_train_config"]
 
 
@@ -85,11 +86,48 @@ class ClassificationData:
     classes: list[str]
     dataset: str
     multi_label: bool = False
+    task: str = "classification"
 
     @property
     def score(self) -> str:
-        """The headline test metric: ``test_kappa`` (grading) or ``test_auc`` (findings)."""
+        """The headline test metric: ``test_kappa`` (grading), ``test_auc`` (findings) or
+        ``test_dice`` (segmentation)."""
+        if self.task == "segmentation":
+            return "test_dice"
         return "test_auc" if self.multi_label else "test_kappa"
+
+    @property
+    def select(self) -> str:
+        """The validation metric that picks the best epoch (and the learning rate)."""
+        return self.score.removeprefix("test_")
+
+
+def load_segmentation_data(dataset: str, profile: str | Profile, backbone: Backbone) -> ClassificationData:
+    """The three splits of a segmentation manifest: images at the backbone's resolution and
+    normalisation, masks ``[K, S, S]`` (``classes`` are the mask kinds)."""
+    p = get_profile(profile)
+    m = load_manifest(dataset)
+    synthetic = m.source["type"] == "synthetic"
+    kw = dict(task="segmentation", image_size=backbone.image_size, mean=backbone.mean, std=backbone.std)
+    train = build_dataset(m, "train", limit=p.n_train if synthetic else p.max_train, **kw)
+    val = build_dataset(m, "val", limit=p.n_val if synthetic else None, **kw)
+    test = build_dataset(m, "test", limit=p.n_test if synthetic else None, **kw)
+    kinds = list(getattr(train, "mask_kinds", None) or m.findings)
+    return ClassificationData(train, val, test, len(kinds), kinds, m.name, False, "segmentation")
+
+
+def build_model(backbone: Backbone, method: str, data: ClassificationData, seed: int | None = None,
+                config: dict[str, Any] | None = None) -> nn.Module:
+    """A fresh backbone adapted with ``method``; for segmentation wrapped with a mask decoder
+    (:class:`nbsupport.vit.segmentation.SegmentationModel`, always trained)."""
+    model = backbone.factory(seed)
+    torch.manual_seed(0 if seed is None else seed)
+    model = methods.adapt(model, method, **(config or {}))
+    if data.task == "segmentation":
+        from nbsupport.vit.segmentation import SegmentationModel
+
+        model = SegmentationModel(model, data.num_classes)
+    return model
 
 
 def load_classification_data(dataset: str, profile: str | Profile, backbone: Backbone) -> ClassificationData:
@@ -189,16 +227,17 @@ def run_method(
     train_config = train_config or default_train_config(profile, method)
     train_set = train_set if train_set is not None else data.train
     timer = records.RunTimer(device)
-    model = backbone.factory(train_config.seed)      # the head (and a random backbone) drawn from the run's seed
-    backbone_n = count_parameters(model) - sum(p.numel() for p in model.get_classifier().parameters())
-    torch.manual_seed(train_config.seed)
-    model = methods.adapt(model, method, **(config or {}))
+    probe_model = backbone.factory(train_config.seed)
+    backbone_n = count_parameters(probe_model) - sum(p.numel() for p in probe_model.get_classifier().parameters())
+    del probe_model
+    # the head or decoder (and a random backbone) drawn from the run's seed
+    model = build_model(backbone, method, data, train_config.seed, config)
     # the key holds everything that decides the trained model, and nothing else: the same run asked for by
     # two chapters (or under two labels) is trained once; a changed split or label is trained afresh
     key = run_key("classification-v3", backbone.name, backbone.weights, backbone.image_size, method,
                   model.nbsupport_method, asdict(train_config), fingerprint(train_set), fingerprint(data.val),
-                  fingerprint(data.test))
-    ckpt = cache_dir() / "checkpoints" / "classification" / f"{method}-{key}"
+                  fingerprint(data.test), *(["segmentation"] if data.task == "segmentation" else []))
+    ckpt = cache_dir() / "checkpoints" / data.task / f"{method}-{key}"
     res = train_classifier(model, train_set, data.val, data.test, data.num_classes, train_config, device,
                            checkpoint_dir=ckpt, resume=resume, progress=progress)
     trainable = count_parameters(model, trainable_only=True)
@@ -207,6 +246,7 @@ def run_method(
         "label": label or methods.METHODS[method].label,
         **{f"test_{k}": v for k, v in res.test.items()},
         "best_val_kappa": res.best_val.get("kappa"),
+        "best_val_score": res.best_val.get(data.select),
         "best_epoch": res.best_epoch,
         "trainable": trainable,
         "trainable_pct": 100.0 * trainable / backbone_n,
@@ -253,7 +293,7 @@ def choose_lr(method: str, backbone: Backbone, data: ClassificationData, profile
         cfg = default_train_config(p, method, epochs=epochs, seed=seed, lr=base * f)
         row = run_method(method, backbone, data, p.name, "lr-grid", device, config=config, train_config=cfg,
                          record=False, progress=progress)
-        score = row["best_val_kappa"] if not data.multi_label else row["history"][row["best_epoch"] - 1].get("val_auc")
+        score = row["best_val_score"]
         grid[base * f] = float(score) if score is not None and score == score else float("-inf")
     best = max(sorted(grid), key=lambda lr: grid[lr])                 # sorted + strict max: the smaller on ties
     return best, grid
@@ -284,21 +324,23 @@ def run_seeds(method: str, backbone: Backbone, data: ClassificationData, profile
 
 
 SCORES = ("test_kappa", "test_accuracy", "test_auc", "test_f1")
+SEGMENTATION_SCORES = ("test_dice", "test_iou")
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> "pandas.DataFrame":  # noqa: F821
     """One line per label: test metrics as mean and ``_std`` over seeds (std is NaN for one seed),
     ``seeds`` (how many), trainable parameters, checkpoint bytes, mean step time, peak memory and
-    the learning rate used (``lr``, when the rows say)."""
+    the learning rate used (``lr``, when the rows say). Segmentation rows: Dice and IoU."""
     import pandas as pd
 
-    cols = ["label", *SCORES, "trainable", "trainable_pct", "checkpoint_bytes", "step_time_s", "peak_memory_bytes", "lr"]
+    scores = SEGMENTATION_SCORES if rows and "test_dice" in rows[0] else SCORES
+    cols = ["label", *scores, "trainable", "trainable_pct", "checkpoint_bytes", "step_time_s", "peak_memory_bytes", "lr"]
     df = pd.DataFrame([{k: r.get(k) for k in cols} for r in rows])
     for c in cols[1:]:
         df[c] = pd.to_numeric(df[c], errors="coerce")
     g = df.groupby("label", sort=False)
-    out = g[list(SCORES)].mean()
-    for c in SCORES:
+    out = g[list(scores)].mean()
+    for c in scores:
         out.insert(out.columns.get_loc(c) + 1, f"{c}_std", g[c].std(ddof=1))
     out["seeds"] = g.size()
     out[["trainable", "trainable_pct", "checkpoint_bytes"]] = g[["trainable", "trainable_pct", "checkpoint_bytes"]].first()
@@ -358,7 +400,12 @@ def dataset_keys(ds: Dataset, by: str = "image") -> list[Any]:
     return item_keys(ds, by)
 
 
-def load_model_from_run(row: dict[str, Any], backbone: Backbone, method: str, config: dict[str, Any] | None = None) -> nn.Module:
-    """The best-on-validation model of a :func:`run_method` row, rebuilt and loaded."""
-    model = methods.adapt(backbone.factory(), method, **(config or {}))
+def load_model_from_run(row: dict[str, Any], backbone: Backbone, method: str, config: dict[str, Any] | None = None,
+                        data: ClassificationData | None = None) -> nn.Module:
+    """The best-on-validation model of a :func:`run_method` row, rebuilt and loaded (pass ``data``
+    for a segmentation run, whose model has a decoder)."""
+    if data is not None:
+        model = build_model(backbone, method, data, config=config)
+    else:
+        model = methods.adapt(backbone.factory(), method, **(config or {}))
     return methods.load_trainable(model, row["checkpoint"])

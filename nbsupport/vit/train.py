@@ -31,13 +31,15 @@ from nbsupport.vit.methods import (
     trainable_parameters,
     trainable_state_dict,
 )
+from nbsupport.vit.segmentation import segmentation_loss
 from nbsupport.vit.metrics import (
     classification_metrics,
     multilabel_metrics,
     selection_metric,
 )
 
-__all__ = ["TrainConfig", "TrainResult", "train_classifier", "evaluate", "predict", "amp_dtype"]
+__all__ = ["TrainConfig", "TrainResult", "train_classifier", "evaluate", "predict", "amp_dtype", "task_of",
+           "evaluate_segmentation"]
 
 
 @dataclass
@@ -130,9 +132,41 @@ def predict(model: nn.Module, dataset: Dataset, device: torch.device, batch_size
     return torch.cat(probs).numpy(), torch.cat(labels).numpy()
 
 
+def task_of(dataset: Dataset) -> str:
+    """``"segmentation"`` when the dataset's targets are masks ``[K, H, W]``, else ``"classification"``."""
+    inner = dataset
+    while not hasattr(inner, "task") and (hasattr(inner, "dataset") or hasattr(inner, "datasets")):
+        inner = inner.dataset if hasattr(inner, "dataset") else inner.datasets[0]
+    if getattr(inner, "task", None) == "segmentation":
+        return "segmentation"
+    if getattr(inner, "task", None) is not None or getattr(dataset, "targets", None):
+        return "classification"
+    _, y = dataset[0]
+    return "segmentation" if isinstance(y, torch.Tensor) and y.ndim == 3 else "classification"
+
+
+@torch.no_grad()
+def evaluate_segmentation(model: nn.Module, dataset: Dataset, device: torch.device, num_classes: int,
+                          batch_size: int = 64, amp: bool = True, names: list[str] | None = None) -> dict[str, Any]:
+    """Dice and IoU per class (pixels pooled over the dataset) and their means; 0.5 threshold."""
+    from nbsupport.vit.segmentation import SegmentationCounts
+
+    model.eval()
+    dtype = amp_dtype(device) if amp else None
+    counts = SegmentationCounts(num_classes)
+    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(x.to(device, non_blocking=True))
+        counts.update(logits.float() > 0, y.to(device) > 0.5)
+    return counts.metrics(names or getattr(dataset, "mask_kinds", None))
+
+
 def evaluate(model: nn.Module, dataset: Dataset, device: torch.device, num_classes: int,
              batch_size: int = 64, amp: bool = True, multi_label: bool | None = None) -> dict[str, Any]:
-    """Accuracy, Kappa, AUC and F1 of a model on a dataset (multi-label: AUC per finding, F1, accuracy)."""
+    """Accuracy, Kappa, AUC and F1 of a model on a dataset (multi-label: AUC per finding, F1,
+    accuracy; masks: Dice and IoU, see :func:`evaluate_segmentation`)."""
+    if task_of(dataset) == "segmentation":
+        return evaluate_segmentation(model, dataset, device, num_classes, batch_size, amp)
     multi = is_multi_label(dataset) if multi_label is None else multi_label
     probs, labels = predict(model, dataset, device, batch_size, amp, multi_label=multi)
     return multilabel_metrics(labels, probs) if multi else classification_metrics(labels, probs, num_classes)
@@ -161,11 +195,14 @@ def train_classifier(
     stop_after_epochs: int | None = None,
 ) -> TrainResult:
     """Train ``model``'s trainable parameters; keep the best-on-validation weights (Kappa for
-    single-label grading; macro AUC for multi-label findings, trained with a sigmoid/BCE loss).
+    single-label grading; macro AUC for multi-label findings, trained with a sigmoid/BCE loss;
+    mean Dice for segmentation masks, trained with ``0.5 BCE + 0.5 Dice``). One loop for every task.
 
     Args:
-        model: an adapted model (see :func:`nbsupport.vit.methods.adapt`).
-        train_set, val_set, test_set: datasets yielding ``(x [3,S,S], y int)``.
+        model: an adapted model (see :func:`nbsupport.vit.methods.adapt`; for masks a
+            :class:`nbsupport.vit.segmentation.SegmentationModel`).
+        train_set, val_set, test_set: datasets yielding ``(x [3,S,S], y)``: ``y`` a class index,
+            a multi-hot vector ``[K]``, or masks ``[K, S, S]``.
         num_classes: number of classes.
         cfg: :class:`TrainConfig`.
         device: where to train.
@@ -178,8 +215,9 @@ def train_classifier(
     """
     device = torch.device(device)
     model.to(device)
-    multi = is_multi_label(train_set)
-    select = selection_metric(multi)
+    segmentation = task_of(train_set) == "segmentation"
+    multi = False if segmentation else is_multi_label(train_set)
+    select = "dice" if segmentation else selection_metric(multi)
     params = trainable_parameters(model)
     if not params:
         raise ValueError("the model has no trainable parameters: adapt it with nbsupport.vit.methods.adapt first")
@@ -244,7 +282,10 @@ def train_classifier(
             x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 logits = step_model(x).float()
-                loss = F.binary_cross_entropy_with_logits(logits, y.float()) if multi else F.cross_entropy(logits, y)
+                if segmentation:
+                    loss = segmentation_loss(logits, y)
+                else:
+                    loss = F.binary_cross_entropy_with_logits(logits, y.float()) if multi else F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.grad_clip is not None:

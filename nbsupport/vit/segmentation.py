@@ -1,0 +1,148 @@
+"""Dense prediction with an adapted ViT: a light decoder on the patch tokens, Dice + BCE, Dice/IoU.
+
+The DVPT paper adapts a segmentation backbone (SegFormer-B4) with DVPT and trains on
+``0.5 * cross-entropy + 0.5 * Dice``, reporting Dice and IoU. Here every method of
+:mod:`nbsupport.vit.methods` adapts a timm ViT exactly as for classification (the backbone gets no
+classification head), and a small decoder turns its patch tokens into masks:
+
+``x [B, 3, H, W] -> backbone -> patch tokens [B, (H/p)(W/p), D] -> [B, D, H/p, W/p]
+-> 1x1 conv to ``width`` -> (2x upsample, 3x3 conv, GroupNorm, GELU) x log2(p) -> 1x1 conv -> logits [B, K, H, W]``
+
+(progressive upsampling, as SETR-PUP). The decoder is always trained: it plays the part the
+classification head plays, so ``linear`` here means *decoder only* on a frozen backbone.
+
+Masks are multi-label (one sigmoid per kind: vessels, optic disc and lesions overlap), so the
+loss is ``0.5 * binary cross-entropy + 0.5 * soft Dice``, the multi-label form of the paper's.
+Dice and IoU are counted per class over all test pixels pooled (``2TP / (2TP + FP + FN)`` and
+``TP / (TP + FP + FN)`` at a 0.5 threshold), then averaged over classes.
+
+DVPT for a dense task: with ``inject="tokens"`` (the default) every patch token reads the dynamic
+prompts through the cross-attention, which is what a per-pixel decoder needs; ``inject="cls"``
+would change only the class token, which the decoder never reads, so it is refused here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["PatchDecoder", "SegmentationModel", "segmentation_loss", "dice_iou", "SegmentationCounts"]
+
+
+class PatchDecoder(nn.Module):
+    """Patch-token grid ``[B, D, g, g]`` -> logits ``[B, K, g * 2^n, g * 2^n]`` by ``n`` doublings."""
+
+    def __init__(self, dim: int, num_classes: int, upsamplings: int, width: int = 64) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(dim, width, 1)
+        self.stages = nn.ModuleList(
+            nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                          nn.Conv2d(width, width, 3, padding=1), nn.GroupNorm(8 if width % 8 == 0 else 1, width),
+                          nn.GELU())
+            for _ in range(upsamplings))
+        self.out = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        x = self.proj(grid)
+        for stage in self.stages:
+            x = stage(x)
+        return self.out(x)
+
+
+class SegmentationModel(nn.Module):
+    """An adapted timm ViT (no classification head) and a :class:`PatchDecoder`.
+
+    Args:
+        backbone: a ViT adapted by :func:`nbsupport.vit.methods.adapt` (built with ``num_classes=0``).
+        num_classes: mask kinds ``K``.
+        width: decoder channels.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, width: int = 64) -> None:
+        super().__init__()
+        method = getattr(backbone, "nbsupport_method", {}) or {}
+        if method.get("name") == "dvpt" and method.get("config", {}).get("inject") == "cls":
+            raise ValueError("dvpt with inject='cls' changes only the class token, which a segmentation decoder "
+                             "never reads: use inject='tokens' (the default) for dense tasks")
+        self.backbone = backbone
+        patch = backbone.patch_embed.patch_size[0]
+        if patch & (patch - 1):
+            raise ValueError(f"patch size {patch}: the decoder upsamples by doublings, so it must be a power of two")
+        self.patch = patch
+        self.decoder = PatchDecoder(backbone.embed_dim, num_classes, int(math.log2(patch)), width)
+        self.nbsupport_method = method
+
+    def get_classifier(self) -> nn.Module:
+        """The decoder (what the classification head is for a classifier: always trained)."""
+        return self.decoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [B, 3, H, W]`` -> logits ``[B, K, H, W]``."""
+        tokens = self.backbone.forward_features(x)                      # [B, prefix + N, D]
+        tokens = tokens[:, self.backbone.num_prefix_tokens:]            # class, register and VPT tokens off
+        gh, gw = x.shape[-2] // self.patch, x.shape[-1] // self.patch
+        grid = tokens.transpose(1, 2).reshape(x.shape[0], -1, gh, gw)   # [B, D, H/p, W/p]
+        logits = self.decoder(grid)
+        if logits.shape[-2:] != x.shape[-2:]:
+            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return logits
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """``0.5 * BCE + 0.5 * (1 - soft Dice)``; Dice per class over the batch's pixels, averaged.
+
+    Args:
+        logits: ``[B, K, H, W]``.
+        target: ``[B, K, H, W]`` in {0, 1}.
+    """
+    target = target.float()
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    p = logits.sigmoid()
+    inter = (p * target).sum(dim=(0, 2, 3))
+    dice = (2 * inter + eps) / (p.sum(dim=(0, 2, 3)) + target.sum(dim=(0, 2, 3)) + eps)
+    return 0.5 * bce + 0.5 * (1 - dice).mean()
+
+
+class SegmentationCounts:
+    """Per-class true positives, false positives and false negatives, pooled over batches."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.tp = np.zeros(num_classes, np.int64)
+        self.fp = np.zeros(num_classes, np.int64)
+        self.fn = np.zeros(num_classes, np.int64)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """``pred``, ``target``: bool/0-1 ``[B, K, H, W]``."""
+        pred, target = pred.bool(), target.bool()
+        dims = (0, 2, 3)
+        self.tp += (pred & target).sum(dims).cpu().numpy()
+        self.fp += (pred & ~target).sum(dims).cpu().numpy()
+        self.fn += (~pred & target).sum(dims).cpu().numpy()
+
+    def metrics(self, names: Sequence[str] | None = None) -> dict[str, Any]:
+        """``dice``, ``iou`` (means over classes) and ``dice_per_class``, ``iou_per_class``.
+
+        A class with no pixel in either the prediction or the target scores 1 (nothing to find,
+        nothing found)."""
+        denom_d = 2 * self.tp + self.fp + self.fn
+        denom_i = self.tp + self.fp + self.fn
+        dice = np.where(denom_d > 0, 2 * self.tp / np.maximum(denom_d, 1), 1.0)
+        iou = np.where(denom_i > 0, self.tp / np.maximum(denom_i, 1), 1.0)
+        names = list(names) if names is not None else [str(i) for i in range(len(dice))]
+        return {"dice": float(dice.mean()), "iou": float(iou.mean()),
+                "dice_per_class": dict(zip(names, map(float, dice))),
+                "iou_per_class": dict(zip(names, map(float, iou)))}
+
+
+def dice_iou(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor,
+             names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Dice and IoU of binary masks ``[N, K, H, W]`` (see :class:`SegmentationCounts`)."""
+    pred_t, target_t = torch.as_tensor(np.asarray(pred)), torch.as_tensor(np.asarray(target))
+    counts = SegmentationCounts(pred_t.shape[1])
+    counts.update(pred_t, target_t)
+    return counts.metrics(names)

@@ -1,0 +1,153 @@
+"""Segmentation: Dice/IoU against scikit-learn, the decoder's shapes, every method's trainable set
+on the segmentation model, one loop with classification, and real mask folders' bad inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from nbsupport.data import fundus
+from nbsupport.data.datasets import DataError, build_dataset
+from nbsupport.vit import methods
+from nbsupport.vit.segmentation import SegmentationModel, dice_iou, segmentation_loss
+
+SMALL = dict(pretrained=False, num_classes=0, depth=2, embed_dim=48, num_heads=3)
+
+
+def test_dice_and_iou_equal_scikit_learns_f1_and_jaccard():
+    from sklearn.metrics import f1_score, jaccard_score
+
+    rng = np.random.default_rng(0)
+    target = rng.random((6, 3, 16, 16)) < 0.3
+    pred = target ^ (rng.random(target.shape) < 0.2)
+    out = dice_iou(pred, target, ["a", "b", "c"])
+    for k, name in enumerate("abc"):
+        t, p = target[:, k].ravel(), pred[:, k].ravel()
+        assert out["dice_per_class"][name] == pytest.approx(f1_score(t, p))
+        assert out["iou_per_class"][name] == pytest.approx(jaccard_score(t, p))
+    assert out["dice"] == pytest.approx(np.mean([f1_score(target[:, k].ravel(), pred[:, k].ravel()) for k in range(3)]))
+    empty = dice_iou(np.zeros((1, 1, 4, 4), bool), np.zeros((1, 1, 4, 4), bool))
+    assert empty["dice"] == 1.0 and empty["iou"] == 1.0          # nothing to find, nothing found
+
+
+@pytest.mark.parametrize("size, patch", [(64, 8), (32, 16)])
+def test_decoder_output_has_the_masks_shape(size, patch):
+    vit = methods.adapt(timm.create_model("vit_tiny_patch16_224", img_size=size, patch_size=patch, **SMALL), "lora")
+    model = SegmentationModel(vit, num_classes=4)
+    assert model(torch.randn(2, 3, size, size)).shape == (2, 4, size, size)
+
+
+@pytest.mark.parametrize("method", list(methods.METHODS))
+def test_each_methods_trainable_set_on_the_segmentation_model(method):
+    cfg = {"dvpt": {"bottleneck": 12, "heads": 2}, "adaptformer": {"bottleneck": 8}}.get(method, {})
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, **SMALL)
+    backbone_only = {n for n, p in methods.adapt(
+        timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, **SMALL), method, **cfg
+    ).named_parameters() if p.requires_grad}
+    model = SegmentationModel(methods.adapt(vit, method, **cfg), num_classes=3)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    decoder = {n for n, _ in model.named_parameters() if n.startswith("decoder.")}
+    assert decoder <= trainable and trainable == decoder | {f"backbone.{n}" for n in backbone_only}
+    if method == "linear":
+        assert trainable == decoder                       # "decoder only": a frozen backbone
+    if method == "full":
+        assert trainable == {n for n, _ in model.named_parameters()}
+    y = (torch.rand(2, 3, 32, 32) < 0.2).float()
+    segmentation_loss(model(torch.randn(2, 3, 32, 32)), y).backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad)
+
+
+def test_dvpt_cls_injection_is_refused_for_dense_tasks():
+    vit = methods.adapt(timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, **SMALL), "dvpt",
+                        inject="cls", bottleneck=12, heads=2)
+    with pytest.raises(ValueError, match="inject='tokens'"):
+        SegmentationModel(vit, 2)
+
+
+def test_procedural_masks_reach_the_dataset():
+    ds = build_dataset("fundus-clinic-seg", "train", task="segmentation", image_size=64, limit=3)
+    x, y = ds[1]
+    assert x.shape == (3, 64, 64) and y.shape == (4, 64, 64) and ds.mask_kinds[:2] == ["vessels", "optic_disc"]
+    s = fundus.generate_fundus(ds.seeds[1], ds.grades[1], 64, "clinic_dim_bluish")
+    assert torch.equal(y[0].bool(), torch.from_numpy(s.masks["vessels"]))
+
+
+def test_one_loop_trains_segmentation(tmp_path):
+    from nbsupport.vit.train import TrainConfig, train_classifier
+
+    ds = build_dataset("fundus-clinic-seg", "train", task="segmentation", image_size=32, limit=8)
+    vit = methods.adapt(timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, **SMALL), "full")
+    model = SegmentationModel(vit, 4)
+    res = train_classifier(model, ds, ds, ds, 4, TrainConfig(epochs=3, batch_size=4, lr=3e-3, amp=False),
+                           checkpoint_dir=tmp_path / "ck", progress=False)
+    assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
+    assert 0 <= res.test["dice"] <= 1 and set(res.test["dice_per_class"]) == set(ds.mask_kinds)
+
+
+# ----------------------------------------------------------------------------- real mask folders
+
+def pairs_manifest(tmp_path, mask_map, **layout):
+    from nbsupport.data.manifests import load_manifest
+
+    return load_manifest({
+        "name": "mine", "title": "T", "modality": "endoscopy", "license": "CC0", "citation": "-",
+        "tasks": ["segmentation"], "findings": list(mask_map),
+        "source": {"type": "pairs", "images": str(tmp_path / "images"), "masks": str(tmp_path / "masks"),
+                   "mask_map": mask_map, **layout},
+        "splits": {"fractions": {"train": 0.5, "val": 0.25, "test": 0.25}}})
+
+
+def write_pair(tmp_path, name, mask, size=(16, 16), mode="L"):
+    (tmp_path / "images").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "masks").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((*size[::-1], 3), 100, np.uint8)).save(tmp_path / "images" / f"{name}.jpg")
+    Image.fromarray(mask, mode).save(tmp_path / "masks" / f"{name}.png")
+
+
+def test_index_and_colour_masks_become_one_channel_per_kind(tmp_path):
+    m = np.zeros((16, 16), np.uint8)
+    m[:8] = 1
+    m[12:] = 2
+    for i in range(4):
+        write_pair(tmp_path, f"a{i}", m)
+    ds = build_dataset(pairs_manifest(tmp_path, {"disc": 1, "cup": 2}), "train", task="segmentation", image_size=16)
+    _, y = ds[0]
+    assert y.shape == (2, 16, 16) and y[0, :8].all() and not y[0, 8:].any() and y[1, 12:].all()
+    colour = tmp_path / "c"
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[:4] = (255, 0, 0)
+    for i in range(4):
+        write_pair(colour, f"b{i}", rgb, mode="RGB")
+    ds = build_dataset(pairs_manifest(colour, {"polyp": [255, 0, 0]}), "test", task="segmentation", image_size=8)
+    assert ds[0][1].shape == (1, 8, 8) and ds[0][1][0, :2].all()
+
+
+def test_bad_mask_pairs_are_named(tmp_path):
+    ok = np.zeros((16, 16), np.uint8)
+    noisy = tmp_path / "n"
+    m = np.zeros((16, 16), np.uint8)
+    m[0, 0] = 37                                   # a value that is neither background nor in the map
+    for i in range(4):
+        write_pair(noisy, f"n{i}", m)
+    ds = build_dataset(pairs_manifest(noisy, {"lesion": 255}), "train", task="segmentation", image_size=16)
+    with pytest.raises(DataError, match=r"values \[37\].*mask_tolerance"):
+        ds[0]
+    assert build_dataset(pairs_manifest(noisy, {"lesion": 255}, mask_tolerance=40), "train",
+                         task="segmentation", image_size=16)[0][1].sum() == 0
+    orphan = tmp_path / "o"
+    for i in range(3):
+        write_pair(orphan, f"o{i}", ok)
+    (orphan / "masks" / "o1.png").unlink()
+    with pytest.raises(DataError, match="have no mask"):
+        build_dataset(pairs_manifest(orphan, {"lesion": 255}), "train", task="segmentation", image_size=16)
+
+
+def test_misaligned_pair_is_refused(tmp_path):
+    for i in range(4):
+        write_pair(tmp_path, f"w{i}", np.zeros((8, 16), np.uint8))
+    ds = build_dataset(pairs_manifest(tmp_path, {"lesion": 255}), "train", task="segmentation", image_size=16)
+    with pytest.raises(DataError, match="mask is 16x8 but its image is 16x16: a misaligned pair"):
+        ds[0]
