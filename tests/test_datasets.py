@@ -383,7 +383,8 @@ def test_manual_prints_instructions_then_loads(tmp_path):
 
 
 def test_shipped_manual_manifests_explain_themselves():
-    for name in ("aptos2019", "ddr", "messidor2", "chexpert", "nih-chestxray14", "isic2016-seg"):
+    for name in ("aptos2019", "ddr", "messidor2", "chexpert", "nih-chestxray14", "isic2016-seg", "kvasir-seg",
+                 "idrid-seg"):
         with pytest.raises(DataUnavailableError, match="must be downloaded by hand"):
             datasets.fetch(name)
 

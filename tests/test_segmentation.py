@@ -151,3 +151,25 @@ def test_misaligned_pair_is_refused(tmp_path):
     ds = build_dataset(pairs_manifest(tmp_path, {"lesion": 255}), "train", task="segmentation", image_size=16)
     with pytest.raises(DataError, match="mask is 16x8 but its image is 16x16: a misaligned pair"):
         ds[0]
+
+
+@pytest.mark.parametrize("name, images, masks, mask_name, kind", [
+    ("isic2016-seg", "ISBI2016_ISIC_Part1_Training_Data", "ISBI2016_ISIC_Part1_Training_GroundTruth",
+     "{}_Segmentation.png", "lesion"),
+    ("kvasir-seg", "Kvasir-SEG/images", "Kvasir-SEG/masks", "{}.jpg", "polyp"),
+])
+def test_shipped_mask_manifests_read_their_published_layout(name, images, masks, mask_name, kind):
+    from nbsupport.core.paths import data_dir
+
+    root = data_dir(name)
+    (root / images).mkdir(parents=True)
+    (root / masks).mkdir(parents=True)
+    for i in range(12):
+        stem = f"ISIC_{i:07d}" if name.startswith("isic") else f"cju{i:04d}"
+        Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(root / images / f"{stem}.jpg")
+        m = np.zeros((20, 30), np.uint8)
+        m[5:15, 10:20] = 255
+        Image.fromarray(m).save(root / masks / mask_name.format(stem), quality=70)   # JPEG noise for Kvasir
+    ds = build_dataset(name, "train", task="segmentation", image_size=16)
+    x, y = ds[0]
+    assert ds.mask_kinds == [kind] and y.shape == (1, 16, 16) and 0.1 < y.mean() < 0.4
