@@ -111,10 +111,13 @@ EXPECTED_METRICS = {
     "07_evaluation": {"scores", "noise_floor", "per_class_alignment", "per_condition", "judge", "fid_extractor"},
     "08_synthetic_data": {"results", "summary", "leakage_checked"},
     "09_results": {"n_records", "chapters", "pareto_front"},
+    "10_segmentation": {"methods", "best", "mask_kinds"},
 }
 # Per-method records (chapter, method set) written by nbsupport.vit.experiment.run_method.
 METHOD_RECORD_KEYS = {"test_kappa", "test_accuracy", "test_auc", "test_f1", "trainable", "checkpoint_bytes",
                       "step_time_s", "history"}
+SEGMENTATION_RECORD_KEYS = {"test_dice", "test_iou", "test_dice_per_class", "trainable", "checkpoint_bytes",
+                            "step_time_s", "history"}
 
 
 @pytest.mark.notebooks
@@ -131,7 +134,8 @@ def test_chapter_runs_at_smoke_and_writes_its_record(built_book, nb_path):
         assert rec.profile == "smoke" and rec.weights == "random"
         assert rec.device and rec.versions.get("torch") and rec.wall_time_s is not None
         if rec.method is not None and (nb_path.stem < "05" or nb_path.stem >= "07"):
-            assert METHOD_RECORD_KEYS <= set(rec.metrics), (rec.name, rec.metrics.keys())
+            keys = METHOD_RECORD_KEYS if nb_path.stem < "10" else SEGMENTATION_RECORD_KEYS
+            assert keys <= set(rec.metrics), (rec.name, rec.metrics.keys())
             assert -1.0 <= rec.metrics["test_kappa"] <= 1.0
         elif rec.method is not None:
             assert {"losses", "test_loss_before", "test_loss_after", "trainable"} <= set(rec.metrics)
@@ -251,6 +255,18 @@ def test_chapter08_protocol(built_book):
     synthetic_only = [r for r in results if r["fraction"] == 0.0]
     assert len(synthetic_only) == 10 and all(r["n_train"] == 8 for r in synthetic_only)
     assert all(r["count"] == 2 for r in rec.metrics["summary"])
+
+
+@pytest.mark.notebooks
+def test_chapter10_every_method_segments_with_seeds(built_book):
+    rec = _records(built_book[0], "10_segmentation")["10_segmentation-fundus-clinic-seg"]
+    assert rec.metrics["mask_kinds"] == ["vessels", "optic_disc", "haemorrhages", "hard_exudates"]
+    rows = rec.metrics["methods"]
+    assert set(rows) == {"linear", "full", "vpt_deep", "lora", "adaptformer", "bitfit", "ssf", "dvpt"}
+    for row in rows.values():
+        assert len(row["per_seed_dice"]) == 2 and 0 <= row["test_dice"] <= 1 and 0 <= row["test_iou"] <= row["test_dice"] + 1e-9
+        assert set(row["dice_per_class"]) == set(rec.metrics["mask_kinds"])
+    assert rows["linear"]["trainable"] < rows["lora"]["trainable"] < rows["full"]["trainable"]
 
 
 @pytest.mark.notebooks

@@ -32,7 +32,8 @@ def provenance_line(profile: Profile, device: torch.device, task: str = "classif
     if profile.random_weights:
         weights = "tiny, random"
     elif task == "text-to-image":
-        weights = str(profile.extra.get("sd_model", "Stable Diffusion v1.5"))
+        weights = {"pocket": "pocket-fundus-sd (the book's pocket Stable Diffusion)",
+                   "sd15": "Stable Diffusion v1.5"}.get(profile.sd_model, profile.sd_model)
     else:
         weights = profile.vit
     return (f"profile {profile.name} | device {describe_device(device)['name']} | weights {weights} | {libs}"

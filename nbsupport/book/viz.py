@@ -128,3 +128,19 @@ def vit_attention(model, x, layer: int = -1):  # type: ignore[no-untyped-def]
         qkv = attn.qkv(t).reshape(b, n, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
         return ((q * attn.scale) @ k.transpose(-2, -1)).softmax(-1)
+
+
+MASK_COLOURS: tuple[tuple[int, int, int], ...] = ((0, 200, 255), (255, 230, 0), (255, 40, 40), (80, 255, 80),
+                                                   (255, 0, 255), (255, 140, 0))
+
+
+def mask_overlay(image: np.ndarray, masks: np.ndarray, alpha: float = 0.55,
+                 colours: Sequence[tuple[int, int, int]] = MASK_COLOURS) -> np.ndarray:
+    """Masks ``[K, H, W]`` (bool or 0/1) painted over ``image`` ``[H, W, 3]`` uint8, one colour per kind
+    (:data:`MASK_COLOURS` in order); later kinds are painted over earlier ones."""
+    out = np.asarray(image, dtype=np.float32).copy()
+    for k, m in enumerate(np.asarray(masks) > 0.5):
+        c = np.asarray(colours[k % len(colours)], dtype=np.float32)
+        out[m] = (1 - alpha) * out[m] + alpha * c
+    return out.clip(0, 255).astype(np.uint8)
+
