@@ -124,3 +124,22 @@ def test_params_sd_json(capsys):
     rows = {r["method"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["lora"]["trainable"] == 1_594_368 and rows["bitfit"]["trainable"] == 343_684
     assert rows["all"]["trainable"] == 859_520_964 + 123_060_480 + 83_653_863
+
+
+@pytest.mark.notebooks
+def test_colab_simulation_runs_the_gpu_profiles_code_path_on_a_cpu(tmp_path):
+    """benchmarks/colab_sim.py --reduced: chapters 03 and 06 at profile=gpu, offline, from local
+    snapshots (a ViT weights file, a diffusers SD folder) and data files in the real formats."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "colab_sim.py"), "--reduced", "--methods", "lora",
+                           "--results", str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(next(tmp_path.glob("colab_sim-*-reduced.json")).read_text())
+    assert result["chapters"]["03_benchmark"]["methods"]["lora"]["fits"]
+    sd = result["chapters"]["06_sd_finetuning"]["methods"]["lora"]
+    assert sd["fits"] and sd["step_s"] > 0

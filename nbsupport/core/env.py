@@ -38,15 +38,34 @@ TRACKED_LIBRARIES = (
 )
 
 
+T4_USABLE_GIB = 14.75      # what a 16 GB Colab T4 leaves to a process
+
+
+def emulating_t4() -> bool:
+    """True when ``NBSUPPORT_EMULATE_T4=1``: a bigger GPU behaves as a Colab T4 would (fp16
+    autocast with a GradScaler, never bf16; the process capped at :data:`T4_USABLE_GIB`)."""
+    return os.environ.get("NBSUPPORT_EMULATE_T4", "") not in ("", "0")
+
+
+def bf16_available() -> bool:
+    """bf16 autocast on this GPU (False on a T4, and when emulating one)."""
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported() and not emulating_t4()
+
+
 def pick_device(preferred: str | None = None) -> torch.device:
     """The device to run on: ``preferred`` if given, else CUDA, then Apple MPS, then CPU.
 
-    The environment variable ``NBSUPPORT_DEVICE`` overrides the automatic choice.
+    The environment variable ``NBSUPPORT_DEVICE`` overrides the automatic choice. With
+    ``NBSUPPORT_EMULATE_T4=1`` a CUDA device's memory is capped at a T4's usable 14.75 GiB
+    (``torch.cuda.set_per_process_memory_fraction``).
     """
     choice = preferred or os.environ.get("NBSUPPORT_DEVICE")
     if choice:
         return torch.device(choice)
     if torch.cuda.is_available():
+        if emulating_t4():
+            total = torch.cuda.get_device_properties(0).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, T4_USABLE_GIB * 2**30 / total), 0)
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")

@@ -133,7 +133,9 @@ def training_target(scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, 
 def _autocast_dtype(cfg: SDTrainConfig, device: torch.device) -> torch.dtype | None:
     if device.type != "cuda" or cfg.mixed_precision is None:
         return None
-    if cfg.mixed_precision == "bf16" and torch.cuda.is_bf16_supported():
+    from nbsupport.core.env import bf16_available
+
+    if cfg.mixed_precision == "bf16" and bf16_available():
         return torch.bfloat16
     return torch.float16
 

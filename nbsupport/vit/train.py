@@ -100,7 +100,9 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
     """bf16 where the GPU supports it, fp16 otherwise (e.g. a T4), None on CPU."""
     if device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    from nbsupport.core.env import bf16_available
+
+    return torch.bfloat16 if bf16_available() else torch.float16
 
 
 def is_multi_label(dataset: Dataset) -> bool:
