@@ -178,11 +178,13 @@ def test_clip_score_offline_names_the_fix(monkeypatch):
 
 def test_per_grade_scores_skip_small_grades_and_match_pooled_functions(extractor):
     name, model = extractor
-    imgs = images(0, 20)
-    labels = [i % 5 for i in range(20)]
+    real, real_labels = images(0, 20), [i % 5 for i in range(20)]          # 4 real images per grade
+    gen, gen_labels = images(500, 8), [0, 0, 0, 0, 1, 1, 2, 3]               # only grade 0 has 4 generated
     feats = np.random.default_rng(3).normal(size=(20, 6))
-    out = evaluation.per_grade_scores(feats, labels, imgs, feats[:6], labels[:6], imgs[:6], 5,
-                                      feature_extractor=name, kid_subset_size=2, cuda=False)
-    assert set(out) == {0}                       # only grade 0 has two generated images (items 0 and 5)
-    assert out[0]["fid"] == pytest.approx(evaluation.fid_from_features(feats[[0, 5, 10, 15]], feats[[0, 5]]))
-    assert out[0]["vendi"] == pytest.approx(evaluation.vendi_score(feats[[0, 5]])) and out[0]["n"] == 2
+    out = evaluation.per_grade_scores(feats, real_labels, real, feats[:8], gen_labels, gen, 5,
+                                      feature_extractor=name, cuda=False)
+    assert set(out) == {0}
+    pooled = evaluation.fid_kid(evaluation.UInt8Images([real[i] for i in (0, 5, 10, 15)]),
+                                evaluation.UInt8Images(gen[:4]), feature_extractor=name, cuda=False)
+    assert out[0]["fid"] == pytest.approx(pooled["fid"]) and out[0]["kid"] == pytest.approx(pooled["kid"])
+    assert out[0]["vendi"] == pytest.approx(evaluation.vendi_score(feats[:4])) and out[0]["n"] == 4

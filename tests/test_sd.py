@@ -317,4 +317,7 @@ def test_params_sd_counts_any_snapshot(sd2_snapshot, capsys):
     assert rows["all"]["trainable"] == sum(p.numel() for m in comp.models().values() for p in m.parameters())
     assert rows["bitfit"]["trainable"] == sum(p.numel() for n, p in comp.unet.named_parameters() if n.endswith("bias"))
     assert main(["params", "sd", "--model", str(sd2_snapshot / "nope")]) == 2
-    assert "unet/config.json" in capsys.readouterr().out
+    assert "folder not found" in capsys.readouterr().out
+    (sd2_snapshot.parent / "half").mkdir()
+    assert main(["params", "sd", "--model", str(sd2_snapshot.parent / "half")]) == 2
+    assert "no unet/config.json" in capsys.readouterr().out

@@ -173,3 +173,25 @@ def test_shipped_mask_manifests_read_their_published_layout(name, images, masks,
     ds = build_dataset(name, "train", task="segmentation", image_size=16)
     x, y = ds[0]
     assert ds.mask_kinds == [kind] and y.shape == (1, 16, 16) and 0.1 < y.mean() < 0.4
+
+
+def test_red_on_black_masks_in_a_csv_are_read_as_masks(tmp_path):
+    # IDRiD's lesion masks are red on black: their grey value (76) is below a grey threshold of 127
+    from nbsupport.data.manifests import load_manifest
+
+    (tmp_path / "img").mkdir()
+    rows = ["image,od,split"]
+    for i in range(4):
+        Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(tmp_path / "img" / f"i{i}.jpg")
+        m = np.zeros((16, 16, 3), np.uint8)
+        m[4:8, 4:8] = (255, 0, 0)
+        Image.fromarray(m).save(tmp_path / "img" / f"i{i}_OD.png")
+        rows.append(f"i{i}.jpg,i{i}_OD.png,{'train' if i < 2 else 'test'}")
+    (tmp_path / "index.csv").write_text("\n".join(rows) + "\n")
+    m = load_manifest({"name": "idrid-like", "title": "T", "modality": "fundus", "license": "-", "citation": "-",
+                       "tasks": ["segmentation"], "findings": ["optic_disc"],
+                       "source": {"type": "csv", "path": str(tmp_path / "index.csv"), "image_root": str(tmp_path / "img"),
+                                  "image_column": "image", "mask_columns": ["od"]},
+                       "splits": {"column": "split", "val_fraction": 0.5, "seed": 0}})
+    _, y = build_dataset(m, "test", task="segmentation", image_size=16)[0]
+    assert y.sum() == 16 and y[0, 4:8, 4:8].all()

@@ -99,13 +99,15 @@ def to_tensor(img: Image.Image, size: int, mean: Sequence[float] | None, std: Se
 
 
 def _mask_tensor(masks: Sequence[np.ndarray | Image.Image], size: int) -> torch.Tensor:
+    """Binary masks ``[K, size, size]``: a pixel is on when any of its channels is above 127 (so a
+    red-on-black mask, as IDRiD's, counts as on; its grey value would be 76)."""
     out = []
     for m in masks:
         im = m if isinstance(m, Image.Image) else Image.fromarray(np.asarray(m).astype(np.uint8) * 255)
-        im = im.convert("L")
+        im = im.convert("RGB")
         if im.size != (size, size):
             im = im.resize((size, size), Image.NEAREST)
-        out.append(torch.from_numpy(np.asarray(im) > 127))
+        out.append(torch.from_numpy(np.asarray(im).max(axis=-1) > 127))
     return torch.stack(out).float()
 
 

@@ -149,10 +149,12 @@ def fid_kid(real: Dataset, fake: Dataset, feature_extractor: str = "inception-v3
     """
     import torch_fidelity
 
+    if min(len(real), len(fake)) < 4:
+        raise ValueError(f"FID/KID need at least 4 images per side, got {len(real)} real and {len(fake)} generated")
     cuda = torch.cuda.is_available() if cuda is None else cuda
     kw: dict[str, Any] = dict(input1=fake, input2=real, fid=True, kid=True, feature_extractor=feature_extractor,
                               batch_size=batch_size, cuda=cuda, verbose=False, cache=False, save_cpu_ram=True,
-                              kid_subset_size=max(2, min(kid_subset_size, len(real) // 2, len(fake) // 2)))
+                              kid_subset_size=min(kid_subset_size, len(real) // 2, len(fake) // 2))
     if feature_layer is not None:
         kw.update(feature_layer_fid=feature_layer, feature_layer_kid=feature_layer)
     if extractor_weights_path is not None:
@@ -176,11 +178,12 @@ def fid_from_features(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.
 
 def per_grade_scores(real_feats: np.ndarray, real_labels: Sequence[int], real_images: Sequence[np.ndarray],
                      gen_feats: np.ndarray, gen_labels: Sequence[int], gen_images: Sequence[np.ndarray],
-                     num_classes: int, min_count: int = 2, **fid_kw: Any) -> dict[int, dict[str, float]]:
-    """FID and Vendi (on the same features), KID (torch-fidelity) and pixel Vendi per grade.
+                     num_classes: int, min_count: int = 4, **fid_kw: Any) -> dict[int, dict[str, float]]:
+    """FID and KID per grade through :func:`fid_kid` (``fid_kw``: the same extractor as the pooled
+    scores), Vendi on ``gen_feats`` (the caller's features) and on pixels.
 
     A grade is scored only where both the real and the generated side have ``min_count`` images
-    or more; ``fid_kw`` goes to :func:`fid_kid` (the extractor to use).
+    or more. ``real_feats`` is kept for the call's symmetry (Vendi of the real images per grade).
     """
     out: dict[int, dict[str, float]] = {}
     for c in range(num_classes):
@@ -188,7 +191,8 @@ def per_grade_scores(real_feats: np.ndarray, real_labels: Sequence[int], real_im
         r = [i for i, t in enumerate(real_labels) if int(t) == c]
         if len(g) < min_count or len(r) < min_count:
             continue
-        kid = fid_kid(UInt8Images([real_images[i] for i in r]), UInt8Images([gen_images[i] for i in g]), **fid_kw)["kid"]
-        out[c] = {"fid": fid_from_features(real_feats[r], gen_feats[g]), "kid": kid, "vendi": vendi_score(gen_feats[g]),
+        fk = fid_kid(UInt8Images([real_images[i] for i in r]), UInt8Images([gen_images[i] for i in g]), **fid_kw)
+        out[c] = {"fid": fk["fid"], "kid": fk["kid"], "vendi": vendi_score(gen_feats[g]),
+                  "vendi_real": vendi_score(real_feats[r]),
                   "vendi_pixels": vendi_score(pixel_features([gen_images[i] for i in g])), "n": len(g)}
     return out

@@ -109,6 +109,12 @@ def judge_training_set(dataset: str, profile: str, image_size: int, mean: Sequen
     from nbsupport.data.fingerprint import item_keys
 
     assert_disjoint(item_keys(train), item_keys(generator_train), "image")
+    try:
+        patients = [p for p in item_keys(train, "patient") if p is not None]
+        if patients:
+            assert_disjoint(patients, [p for p in item_keys(generator_train, "patient") if p is not None], "patient")
+    except TypeError:
+        pass                                          # no patient identity for this kind of dataset
     return train, val, source
 
 

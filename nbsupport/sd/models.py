@@ -128,11 +128,22 @@ def _configs(src: str | Path, revision: str | None = None) -> dict[str, Any]:
             f = Path(str(src)).expanduser() / sub / name
             return json.loads(f.read_text()) if f.is_file() else None
         from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
 
         try:
             return json.loads(Path(hf_hub_download(str(src), name, subfolder=sub, revision=revision)).read_text())
-        except Exception:  # noqa: BLE001 - missing file or offline: reported below
+        except EntryNotFoundError:       # the repository has no such file (only that counts as absent)
             return None
+        except (OSError, ValueError) as exc:     # offline, no such repository, a bad id
+            raise WeightsUnavailableError(
+                f"{src}: could not read {sub}/{name} ({exc.__class__.__name__}: {str(exc)[:200]}). Expected a "
+                "local folder or a hub id of a diffusers Stable Diffusion snapshot (offline: a local folder)") from exc
+
+    text = str(src)
+    hub_like = not text.startswith(("/", ".", "~")) and text.count("/") <= 1 and "\\" not in text
+    if not hub_like and not _is_local(src):
+        raise WeightsUnavailableError(f"{src}: folder not found (expected a diffusers Stable Diffusion snapshot: "
+                                      "unet/, vae/, text_encoder/, tokenizer/, scheduler/)")
 
     out = {"unet": read("unet", "config.json"), "vae": read("vae", "config.json"),
            "text_encoder": read("text_encoder", "config.json"), "scheduler": read("scheduler", "scheduler_config.json")}
@@ -190,7 +201,7 @@ def build_tiny(corpus: Iterable[str], tokenizer_dir: str | Path, seed: int = 0) 
     return SDComponents(unet, vae, text, tok, _scheduler(), "random", "tiny random Stable Diffusion")
 
 
-def load_pretrained(hub_id: str = SD15_HUB_ID, revision: str | None = SD15_REVISION,
+def load_pretrained(hub_id: str = SD15_HUB_ID, revision: str | None = None,
                     local_dir: str | Path | None = None, dtype: torch.dtype = torch.float32) -> SDComponents:
     """Load UNet, VAE, text encoder, tokenizer and the training scheduler of any diffusers Stable
     Diffusion snapshot (SD 1.x, 2.x, ...) from the hub (``hub_id@revision``) or a local folder.
@@ -206,6 +217,8 @@ def load_pretrained(hub_id: str = SD15_HUB_ID, revision: str | None = SD15_REVIS
 
     if local_dir is None and "@" in hub_id:
         hub_id, revision = hub_id.split("@", 1)
+    if revision is None and hub_id == SD15_HUB_ID:
+        revision = SD15_REVISION          # the pinned default applies to the default model only
     src = str(Path(str(local_dir)).expanduser()) if local_dir else hub_id
     kw: dict[str, Any] = {"revision": revision} if (revision and not local_dir) else {}
     try:
@@ -260,7 +273,7 @@ def load_for_profile(profile: Any, captions: Iterable[str] = (), tokenizer_dir: 
         check_prompts(captions, stacklevel=3)
         return comp
     if prof.sd_model == "sd15":
-        if weights is not None and not _is_local(weights):
+        if weights is not None and not Path(str(weights)).expanduser().exists():
             return load_pretrained(str(weights))           # a hub id, with an optional @revision
         return load_pretrained(local_dir=weights)
     raise ValueError(f"profile {prof.name!r}: sd_model={prof.sd_model!r} is not one of 'tiny', 'pocket', 'sd15'")

@@ -67,12 +67,15 @@ def sample_grid(components: SDComponents, prompts: Sequence[str], seeds: Sequenc
 
 
 def generate_to_disk(components: SDComponents, items: Sequence[dict[str, Any]], out_dir: str | Path,
-                     method: str, batch_size: int = 16, progress: bool = True, **kw: Any) -> Path:
+                     method: str, batch_size: int = 16, progress: bool = True, model_id: str | None = None,
+                     **kw: Any) -> Path:
     """Generate one image per item (``{"prompt": str, "seed": int, "labels": ...}``) into ``out_dir``.
 
     Writes ``<index>.png`` files and ``manifest.json`` (prompt, labels, seed, method, file, settings);
-    returns the manifest path. Resumable without duplicates: an image already listed in the manifest
-    with the same prompt, seed, weights and settings is kept; anything else is (re)generated. The
+    returns the manifest path. ``model_id`` names the exact model (e.g. the fine-tuning run's
+    checkpoint key; default: the components' weights label). Resumable without duplicates: an image
+    already listed in the manifest with the same prompt, seed, model and settings is kept; anything
+    else is (re)generated. The
     manifest is rewritten atomically after every batch, and lists only images whose file was written.
     """
     from PIL import Image
@@ -83,7 +86,8 @@ def generate_to_disk(components: SDComponents, items: Sequence[dict[str, Any]], 
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / "manifest.json"
     settings = {k: v for k, v in kw.items() if k != "device"}
-    header = {"method": method, "weights": components.weights, "settings": settings}
+    header = {"method": method, "weights": components.weights, "model": model_id or components.weights,
+              "settings": settings}
     done: dict[str, Any] = {}
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text())

@@ -354,7 +354,8 @@ def run_sd_method(components: SDComponents, method: str, train_set: Dataset, tes
     keyed by the config, method, weights and the training set's content fingerprint),
     measure the fixed-noise test loss before and after, and write the run record.
 
-    Returns ``result`` (:class:`SDTrainResult`), ``test_loss_before``, ``test_loss_after`` and ``record``.
+    Returns ``result`` (:class:`SDTrainResult`), ``test_loss_before``, ``test_loss_after``, ``record``
+    and ``key`` (the run's checkpoint key: it names the trained model, e.g. for generated images).
     """
     from nbsupport.core import records
     from nbsupport.core.checkpoints import run_key
@@ -379,4 +380,4 @@ def run_sd_method(components: SDComponents, method: str, train_set: Dataset, tes
                 "data": {"split_rule": manifest.split_rule() if manifest is not None else None,
                          "fingerprints": {"train": fingerprint(train_set), "test": fingerprint(test_set)}}},
         timer=timer, device=device, name=f"{chapter}-{method}-{dataset}")
-    return {"result": res, "test_loss_before": before, "test_loss_after": after, "record": str(path)}
+    return {"result": res, "test_loss_before": before, "test_loss_after": after, "record": str(path), "key": key}

@@ -116,6 +116,18 @@ def load_segmentation_data(dataset: str, profile: str | Profile, backbone: Backb
     return ClassificationData(train, val, test, len(kinds), kinds, m.name, False, "segmentation")
 
 
+_BACKBONE_SIZES: dict[tuple[str, str, int], int] = {}
+
+
+def _backbone_size(backbone: Backbone) -> int:
+    """Parameters of the backbone without its head (built once per backbone and remembered)."""
+    key = (backbone.name, backbone.weights, backbone.image_size)
+    if key not in _BACKBONE_SIZES:
+        model = backbone.factory()
+        _BACKBONE_SIZES[key] = count_parameters(model) - sum(p.numel() for p in model.get_classifier().parameters())
+    return _BACKBONE_SIZES[key]
+
+
 def build_model(backbone: Backbone, method: str, data: ClassificationData, seed: int | None = None,
                 config: dict[str, Any] | None = None) -> nn.Module:
     """A fresh backbone adapted with ``method``; for segmentation wrapped with a mask decoder
@@ -227,9 +239,7 @@ def run_method(
     train_config = train_config or default_train_config(profile, method)
     train_set = train_set if train_set is not None else data.train
     timer = records.RunTimer(device)
-    probe_model = backbone.factory(train_config.seed)
-    backbone_n = count_parameters(probe_model) - sum(p.numel() for p in probe_model.get_classifier().parameters())
-    del probe_model
+    backbone_n = _backbone_size(backbone)
     # the head or decoder (and a random backbone) drawn from the run's seed
     model = build_model(backbone, method, data, train_config.seed, config)
     # the key holds everything that decides the trained model, and nothing else: the same run asked for by
@@ -255,6 +265,7 @@ def run_method(
         "images_per_s": res.images_per_s,
         "peak_memory_bytes": res.peak_memory_bytes,
         "n_train": len(train_set),
+        "train_seed": train_config.seed,
         "history": res.history,
         "checkpoint": res.checkpoint,
     }
@@ -404,8 +415,9 @@ def load_model_from_run(row: dict[str, Any], backbone: Backbone, method: str, co
                         data: ClassificationData | None = None) -> nn.Module:
     """The best-on-validation model of a :func:`run_method` row, rebuilt and loaded (pass ``data``
     for a segmentation run, whose model has a decoder)."""
+    seed = row.get("train_seed", row.get("seed"))      # a random backbone (smoke) is drawn from the run's seed
     if data is not None:
-        model = build_model(backbone, method, data, config=config)
+        model = build_model(backbone, method, data, seed=seed, config=config)
     else:
-        model = methods.adapt(backbone.factory(), method, **(config or {}))
+        model = methods.adapt(backbone.factory(seed), method, **(config or {}))
     return methods.load_trainable(model, row["checkpoint"])

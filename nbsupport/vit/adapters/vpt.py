@@ -66,6 +66,8 @@ def apply_vpt(model: nn.Module, num_prompts: int = 10, deep: bool = False) -> nn
     # position embeddings (Eva), which are applied to the patch tokens after the prefix
     model.num_prefix_tokens = at + num_prompts
     for module in model.modules():
-        if module is not model and isinstance(getattr(module, "num_prefix_tokens", None), int):
+        if module is model or type(module).__name__ == "PatchDropout":   # patch dropout runs before the prompts
+            continue
+        if isinstance(getattr(module, "num_prefix_tokens", None), int):
             module.num_prefix_tokens = at + num_prompts
     return model
