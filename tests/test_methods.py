@@ -191,7 +191,8 @@ def test_offline_pretrained_error_names_the_fix(monkeypatch):
     with pytest.raises(WeightsUnavailableError) as info:
         create_vit("clip-vit-b16", num_classes=5, pretrained=True)
     msg = str(info.value)
-    assert "vit_base_patch16_clip_224.openai" in msg and "pretrained=False" in msg and "profile='smoke'" in msg
+    assert "vit_base_patch16_clip_224.openai" in msg and "pretrained=False" in msg
+    assert "-p weights /path/to/model.safetensors" in msg and "-p profile smoke" in msg   # chapter parameters
 
 
 def test_random_weights_are_labelled():
