@@ -273,7 +273,7 @@ def test_chapter10_every_method_segments_with_seeds(built_book):
 def test_chapter09_regenerates_from_records(built_book):
     rec = _records(built_book[0], "09_results")["09_results-all"]
     assert rec.metrics["n_records"] > 50
-    assert {"00_setup_and_data", "03_benchmark", "06_sd_finetuning", "08_synthetic_data"} <= set(rec.metrics["chapters"])
+    assert {"00_setup_and_data", "03_benchmark", "06_sd_finetuning", "08_synthetic_data", "10_segmentation"} <= set(rec.metrics["chapters"])
     assert rec.metrics["pareto_front"]
 
 

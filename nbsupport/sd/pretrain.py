@@ -166,7 +166,7 @@ def _train_vae(comp: SDComponents, images: np.ndarray, cfg: SDPretrainConfig, ru
 
     vae = comp.vae.to(device).train()
     opt = _adamw(list(vae.parameters()), cfg.vae_lr, 0.0, device)
-    state: dict[str, Any] = {"step": 0, "elapsed_s": 0.0, "loss_curve": []}
+    state: dict[str, Any] = {"step": 0, "elapsed_s": 0.0, "loss_curve": [], "device": _device_name(device)}
     if run.exists("vae"):
         tensors, state = run.load("vae", device, opt)
         vae.load_state_dict(_unprefixed(tensors, "vae"))
@@ -285,7 +285,8 @@ def pretrain_sd(cfg: SDPretrainConfig, out_dir: str | Path | None = None, device
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)
     params = list(unet.parameters()) + list(text.parameters())
     opt = _adamw(params, cfg.lr, cfg.weight_decay, device)
-    state: dict[str, Any] = {"step": 0, "elapsed_s": 0.0, "loss_curve": [], "evaluations": [], "vae_scaling_factor": scale}
+    state: dict[str, Any] = {"step": 0, "elapsed_s": 0.0, "loss_curve": [], "evaluations": [], "vae_scaling_factor": scale,
+                             "device": _device_name(device)}
     if run.exists("diffusion"):
         tensors, state = run.load("diffusion", device, opt)
         for model, prefix in ((unet, "unet"), (text, "text_encoder"), (ema_unet, "ema.unet"), (ema_text, "ema.text_encoder")):
@@ -385,14 +386,19 @@ def evaluate_pocket(comp: SDComponents, real: np.ndarray, grades: np.ndarray, ey
     }
 
 
-def export_pocket(run_dir: str | Path, out: str | Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def export_pocket(run_dir: str | Path, out: str | Path, extra: dict[str, Any] | None = None,
+                  device: str | None = None) -> dict[str, Any]:
     """Write a finished run's VAE and EMA UNet/text encoder as one fp16 safetensors at ``out`` and
-    its record at ``out.json`` (sha256, recipe, loss curves, evaluations, ``extra``)."""
+    its record at ``out.json`` (sha256, recipe, loss curves, evaluations, ``extra``). ``device``
+    names the machine that trained it where the run's own state does not (runs before it was recorded)."""
     from nbsupport.vit.backbones import sha256_of
 
     run, out = StepCheckpoints(run_dir), Path(out)
     vae_t, vae_state = run.load("vae")
     diff_t, diff_state = run.load("diffusion")
+    for state in (vae_state, diff_state):
+        if device is not None:
+            state.setdefault("device", device)
     tensors = {**vae_t, **{k[4:]: v for k, v in diff_t.items() if k.startswith("ema.")}}
     tensors = {k: v.half().contiguous() for k, v in tensors.items()}
     summary = {"vae_steps": vae_state["step"], "steps": diff_state["step"],
