@@ -93,9 +93,13 @@ def test_site_check_wants_local_mathjax_when_the_site_ships_it(tmp_path):
                                      '<script src="https://cdn.example/tex-chtml.js"></script>')
     (tmp_path / "n.html").write_text('<img src="f.png"><span class="math">\\(x\\)</span>')
     assert check_site(tmp_path, ["m.html"]) == ["n.html: has maths but loads no MathJax"]
-    (tmp_path / "_static" / "mathjax").mkdir(parents=True)
-    (tmp_path / "_static" / "mathjax" / "MathJax.js").write_text("")
-    assert "m.html: MathJax is in _static/mathjax but the page loads https://cdn.example/tex-chtml.js" in check_site(tmp_path, ["m.html"])
+    (tmp_path / "mathjax").mkdir(parents=True)
+    (tmp_path / "mathjax" / "MathJax.js").write_text("")
+    assert "m.html: the site ships MathJax (mathjax/) but the page loads https://cdn.example/tex-chtml.js" in \
+        check_site(tmp_path, ["m.html"])
+    (tmp_path / "m.html").write_text('<img src="f.png"><span class="math">x</span><script src="_static/../mathjax/MathJax.js'
+                                     '?config=TeX"></script><script src="mathjax/extensions/a.js"></script>')
+    assert "loads MathJax files 2 times" in "\n".join(check_site(tmp_path, ["m.html"]))
 
 
 def test_the_repository_url_is_one_setting():

@@ -263,13 +263,20 @@ def build_book(
         "src": [f"{str(repo.get('url', '')).rstrip('/')}/blob/{repo.get('branch', 'main')}/%s", "%s"]}
     mathjax = local_mathjax()
     if mathjax is not None:                              # maths typeset offline too (else MathJax from its CDN)
-        sphinx["config"]["mathjax_path"] = "mathjax/MathJax.js?config=TeX-AMS_CHTML"
+        # served from the site's root (html_extra_path: copied as is, and not scanned for scripts, which
+        # Jupyter Book does to html_static_path and would load every MathJax file on every page)
+        sphinx["config"]["mathjax_path"] = "../mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full"   # from _static
+        sphinx["config"]["html_extra_path"] = ["_mathjax"]
+        sphinx["config"]["mathjax2_config"] = {      # MathJax 2: MyST marks the page ignore, the maths "math"
+            "tex2jax": {"processClass": "math|output_area|tex2jax_process", "ignoreClass": "tex2jax_ignore|mathjax_ignore",
+                        "inlineMath": [["\\(", "\\)"]], "displayMath": [["\\[", "\\]"]], "processEscapes": True},
+            "HTML-CSS": {"availableFonts": [], "preferredFont": None, "webFont": "STIX-Web", "imageFont": None}}
     (stage / "_config.yml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     for folder in ("book", "_static"):                   # pages, and the site's CSS
         if (root / folder).exists():
             shutil.copytree(root / folder, stage / folder)
-    if mathjax is not None:
-        shutil.copytree(mathjax, stage / "_static" / "mathjax", ignore=shutil.ignore_patterns("*.eot", "*.otf", "*.svg"))
+    if mathjax is not None:   # outside _static: Jupyter Book would add every .js under _static to every page
+        shutil.copytree(mathjax, stage / "_mathjax" / "mathjax", ignore=shutil.ignore_patterns("*.eot", "*.otf", "*.svg"))
     for nb in chapters:
         rel = nb.relative_to(root)
         src = executed / rel.parent / rel.name

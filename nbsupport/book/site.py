@@ -82,8 +82,11 @@ def check_site(html_dir: str | Path, chapters: Sequence[str], forbidden_paths: S
             scripts = re.findall(r'<script[^>]+src="([^"]*(?:MathJax|mathjax|tex-[a-z]+)[^"]*)"', raw)
             if not scripts:
                 problems.append(f"{rel}: has maths but loads no MathJax")
-            elif (root / "_static" / "mathjax" / "MathJax.js").is_file() and not any("_static/mathjax/" in u for u in scripts):
-                problems.append(f"{rel}: MathJax is in _static/mathjax but the page loads {scripts[0]}")
+            elif (root / "mathjax" / "MathJax.js").is_file() and not any(u.split("?")[0].endswith("/mathjax/MathJax.js")
+                                                                          and "://" not in u for u in scripts):
+                problems.append(f"{rel}: the site ships MathJax (mathjax/) but the page loads {scripts[0]}")
+            elif len(scripts) > 1:
+                problems.append(f"{rel}: loads MathJax files {len(scripts)} times ({scripts[:3]}...)")
     return problems
 
 
