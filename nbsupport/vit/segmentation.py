@@ -6,7 +6,7 @@ The DVPT paper adapts a segmentation backbone (SegFormer-B4) with DVPT and train
 classification head), and a small decoder turns its patch tokens into masks:
 
 ``x [B, 3, H, W] -> backbone -> patch tokens [B, (H/p)(W/p), D] -> [B, D, H/p, W/p]
--> 1x1 conv to ``width`` -> (2x upsample, 3x3 conv, GroupNorm, GELU) x log2(p) -> 1x1 conv -> logits [B, K, H, W]``
+-> 1x1 conv to ``width`` (32) -> (2x upsample, 3x3 conv, GroupNorm, GELU) x log2(p) -> 1x1 conv -> logits [B, K, H, W]``
 
 (progressive upsampling, as SETR-PUP). The decoder is always trained: it plays the part the
 classification head plays, so ``linear`` here means *decoder only* on a frozen backbone.
@@ -37,7 +37,7 @@ __all__ = ["PatchDecoder", "SegmentationModel", "segmentation_loss", "dice_iou",
 class PatchDecoder(nn.Module):
     """Patch-token grid ``[B, D, g, g]`` -> logits ``[B, K, g * 2^n, g * 2^n]`` by ``n`` doublings."""
 
-    def __init__(self, dim: int, num_classes: int, upsamplings: int, width: int = 64) -> None:
+    def __init__(self, dim: int, num_classes: int, upsamplings: int, width: int = 32) -> None:
         super().__init__()
         self.proj = nn.Conv2d(dim, width, 1)
         self.stages = nn.ModuleList(
@@ -63,7 +63,7 @@ class SegmentationModel(nn.Module):
         width: decoder channels.
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int, width: int = 64) -> None:
+    def __init__(self, backbone: nn.Module, num_classes: int, width: int = 32) -> None:
         super().__init__()
         method = getattr(backbone, "nbsupport_method", {}) or {}
         if method.get("name") == "dvpt" and method.get("config", {}).get("inject") == "cls":
