@@ -195,3 +195,20 @@ def test_red_on_black_masks_in_a_csv_are_read_as_masks(tmp_path):
                        "splits": {"column": "split", "val_fraction": 0.5, "seed": 0}})
     _, y = build_dataset(m, "test", task="segmentation", image_size=16)[0]
     assert y.sum() == 16 and y[0, 4:8, 4:8].all()
+
+
+def test_a_changed_decoder_is_a_new_run_not_a_resumed_one(tmp_path):
+    from nbsupport.core.checkpoints import CheckpointError
+    from nbsupport.vit.train import TrainConfig, train_classifier
+
+    ds = build_dataset("fundus-clinic-seg", "train", task="segmentation", image_size=32, limit=4)
+
+    def model(width):
+        vit = methods.adapt(timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, **SMALL), "linear")
+        return SegmentationModel(vit, 4, width=width)
+
+    assert model(16).nbsupport_method != model(32).nbsupport_method      # so run keys differ
+    cfg = TrainConfig(epochs=1, batch_size=4, amp=False)
+    train_classifier(model(16), ds, ds, None, 4, cfg, checkpoint_dir=tmp_path / "ck", progress=False)
+    with pytest.raises(CheckpointError, match="other shapes"):           # never a silent shape mismatch
+        train_classifier(model(32), ds, ds, None, 4, cfg, checkpoint_dir=tmp_path / "ck", progress=False)

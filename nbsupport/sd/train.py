@@ -226,9 +226,10 @@ def train_sd(
         checkpoints.load_optimizer("last", opt)
         named = {f"{c}.{n}": p for c, m in components.models().items() for n, p in m.named_parameters()}
         expected = set(trainable_state(components))
-        if set(tensors) != expected:
+        current = trainable_state(components)
+        if set(tensors) != expected or any(tensors[k].shape != current[k].shape for k in expected & set(tensors)):
             raise CheckpointError(f"{ckpt}: the checkpoint's tensors do not match the {method!r} setup "
-                                  f"(missing {sorted(expected - set(tensors))[:3]}); delete {ckpt} to start afresh")
+                                  f"(missing {sorted(expected - set(tensors))[:3]}, or other shapes); delete {ckpt} to start afresh")
         with torch.no_grad():
             for k, v in tensors.items():
                 named[k].copy_(v.to(named[k].device, named[k].dtype))

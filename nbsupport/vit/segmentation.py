@@ -75,7 +75,8 @@ class SegmentationModel(nn.Module):
             raise ValueError(f"patch size {patch}: the decoder upsamples by doublings, so it must be a power of two")
         self.patch = patch
         self.decoder = PatchDecoder(backbone.embed_dim, num_classes, int(math.log2(patch)), width)
-        self.nbsupport_method = method
+        # the decoder is part of what a checkpoint holds: its shape enters the run key
+        self.nbsupport_method = {**method, "decoder": {"kind": "PatchDecoder", "width": width, "classes": num_classes}}
 
     def get_classifier(self) -> nn.Module:
         """The decoder (what the classification head is for a classifier: always trained)."""

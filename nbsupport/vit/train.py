@@ -245,9 +245,11 @@ def train_classifier(
         tensors, state = checkpoints.load("last", "cpu")
         mine = trainable_state_dict(model)
         last = {k[5:]: v for k, v in tensors.items() if k.startswith("last.")}
-        if set(last) != set(mine):
+        wrong = sorted(k for k in set(last) & set(mine) if last[k].shape != mine[k].shape)
+        if set(last) != set(mine) or wrong:
             raise CheckpointError(f"{ckpt}: the checkpoint's tensors do not match this model's trainable ones "
-                                  f"(missing {sorted(set(mine) - set(last))[:3]}); delete {ckpt} to start afresh")
+                                  f"(missing {sorted(set(mine) - set(last))[:3]}, other shapes {wrong[:3]}); "
+                                  f"delete {ckpt} to start afresh")
         named = dict(model.named_parameters())
         with torch.no_grad():
             for k, v in last.items():
