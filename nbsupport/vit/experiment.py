@@ -102,16 +102,23 @@ class ClassificationData:
         return self.score.removeprefix("test_")
 
 
-def load_segmentation_data(dataset: str, profile: str | Profile, backbone: Backbone) -> ClassificationData:
-    """The three splits of a segmentation manifest: images at the backbone's resolution and
-    normalisation, masks ``[K, S, S]`` (``classes`` are the mask kinds)."""
+def _splits(dataset: str, profile: str | Profile, backbone: Backbone, task: str) -> tuple[Any, Dataset, Dataset, Dataset]:
+    """The manifest and its train/val/test splits for ``task`` at the backbone's resolution and
+    normalisation: procedural data at the profile's sizes, real data with ``max_train`` capping training."""
     p = get_profile(profile)
     m = load_manifest(dataset)
     synthetic = m.source["type"] == "synthetic"
-    kw = dict(task="segmentation", image_size=backbone.image_size, mean=backbone.mean, std=backbone.std)
+    kw = dict(task=task, image_size=backbone.image_size, mean=backbone.mean, std=backbone.std)
     train = build_dataset(m, "train", limit=p.n_train if synthetic else p.max_train, **kw)
     val = build_dataset(m, "val", limit=p.n_val if synthetic else None, **kw)
     test = build_dataset(m, "test", limit=p.n_test if synthetic else None, **kw)
+    return m, train, val, test
+
+
+def load_segmentation_data(dataset: str, profile: str | Profile, backbone: Backbone) -> ClassificationData:
+    """The three splits of a segmentation manifest: images at the backbone's resolution and
+    normalisation, masks ``[K, S, S]`` (``classes`` are the mask kinds)."""
+    m, train, val, test = _splits(dataset, profile, backbone, "segmentation")
     kinds = list(getattr(train, "mask_kinds", None) or m.findings)
     return ClassificationData(train, val, test, len(kinds), kinds, m.name, False, "segmentation")
 
@@ -148,13 +155,7 @@ def load_classification_data(dataset: str, profile: str | Profile, backbone: Bac
     Procedural data is generated at the profile's sizes (``n_train``/``n_val``/``n_test``); real
     data uses its splits, with ``max_train`` capping the training set.
     """
-    p = get_profile(profile)
-    m = load_manifest(dataset)
-    synthetic = m.source["type"] == "synthetic"
-    kw = dict(task="classification", image_size=backbone.image_size, mean=backbone.mean, std=backbone.std)
-    train = build_dataset(m, "train", limit=p.n_train if synthetic else p.max_train, **kw)
-    val = build_dataset(m, "val", limit=p.n_val if synthetic else None, **kw)
-    test = build_dataset(m, "test", limit=p.n_test if synthetic else None, **kw)
+    m, train, val, test = _splits(dataset, profile, backbone, "classification")
     return ClassificationData(train, val, test, len(m.classes), m.classes, m.name, m.multi_label)
 
 
