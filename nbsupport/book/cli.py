@@ -8,6 +8,8 @@ Commands:
     pretrain [--minutes M] [--export PATH] [--smoke]  pretrain the pocket ViT (resumable)
     pretrain-sd [--minutes M] [--export PATH] [--smoke]  pretrain the pocket Stable Diffusion (resumable)
     site HTML_DIR [--screenshots DIR]                check a built website; screenshot every page
+    train vit|sd --method M [--dataset D] [--profile P]  one method's runs outside a notebook; also
+                                                    under ``accelerate launch -m nbsupport train ...``
 """
 
 from __future__ import annotations
@@ -64,6 +66,29 @@ def build_parser() -> argparse.ArgumentParser:
         pre.add_argument("--export", type=Path, default=None,
                          help="when finished, write the fp16 weights here (+ .json record)")
         pre.add_argument("--smoke", action="store_true", help="a few seconds: checks the loop, teaches nothing")
+
+    train = sub.add_parser("train", help="train one method at a profile, as the chapters do (works under "
+                                         "`accelerate launch -m nbsupport train ...` and torchrun)")
+    tsub = train.add_subparsers(dest="family", required=True)
+    for fam, what in (("vit", "classification (chapter 03's runs)"), ("sd", "Stable Diffusion (chapter 06's runs)")):
+        t = tsub.add_parser(fam, help=what)
+        t.add_argument("--method", required=True)
+        t.add_argument("--dataset", default=None, help="manifest name; default: the profile's")
+        t.add_argument("--profile", choices=list(PROFILES), default="cpu")
+        t.add_argument("--device", default=None, help="default: cuda when available")
+        t.add_argument("--chapter", default="03_benchmark" if fam == "vit" else "06_sd_finetuning",
+                       help="the chapter the run record is filed under (the chapter reuses the checkpoint)")
+        if fam == "vit":
+            t.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the profile's seeds")
+            t.add_argument("--epochs", type=int, default=None)
+            t.add_argument("--weights", default=None, help="a local weights file for the backbone")
+            t.add_argument("--batch-size", type=int, default=None, help="global images per step")
+            t.add_argument("--grad-accum", type=int, default=None, help="micro-batches per step")
+        else:
+            t.add_argument("--seed", type=int, default=0)
+            t.add_argument("--steps", type=int, default=None)
+            t.add_argument("--batch-size", type=int, default=None, help="global images per micro-batch")
+            t.add_argument("--sd-weights", default=None, help="a pocket file, an SD snapshot folder or a hub id")
 
     params = sub.add_parser("params", help="parameter tables (see nbsupport.vit.methods)")
     params.add_argument("family", choices=["vit", "sd"])
@@ -230,6 +255,49 @@ def _cmd_pretrain_sd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    """``nbsupport train vit|sd``: the chapters' runs for one method; every process of a launched
+    run calls this, the main one prints and writes."""
+    from nbsupport.core.distributed import is_main_process, process_device
+    from nbsupport.core.env import pick_device
+    from nbsupport.core.profiles import get_profile
+
+    p = get_profile(args.profile)
+    device = process_device(pick_device(args.device))
+    if args.family == "vit":
+        from nbsupport.data.manifests import load_manifest
+        from nbsupport.vit import experiment, methods
+
+        methods.check_names([args.method])
+        dataset = args.dataset or p.default_dataset
+        seeds = args.seeds or list(p.seeds)
+        bb = experiment.make_backbone(p, num_classes=len(load_manifest(dataset).classes), weights_path=args.weights,
+                                      seed=seeds[0])
+        data = experiment.load_classification_data(dataset, p, bb)
+        rows = experiment.run_seeds(args.method, bb, data, p.name, args.chapter, device, seeds, epochs=args.epochs,
+                                    train_overrides={"batch_size": args.batch_size, "grad_accum": args.grad_accum},
+                                    progress=is_main_process())
+        summary = [{"seed": r["seed"], "lr": r["lr"], "test": {k[5:]: r[k] for k in r if k.startswith("test_")},
+                    "record": r.get("record")} for r in rows]
+    else:
+        from nbsupport.sd import experiment
+        from nbsupport.sd.methods import SD_METHODS
+
+        if args.method not in SD_METHODS:
+            raise SystemExit(f"--method {args.method!r}: expected one of {', '.join(SD_METHODS)}")
+        data = experiment.load_text_to_image_data(args.dataset, p)
+        cfg = experiment.train_config(p, args.steps, args.batch_size, args.seed)
+        out = experiment.run_method(args.method, p, data, args.chapter, device, cfg, weights=args.sd_weights,
+                                    progress=is_main_process())
+        res = out["result"]
+        summary = [{"steps": res.steps, "loss_first": res.losses[0] if res.losses else None,
+                    "loss_last": res.losses[-1] if res.losses else None, "test_loss_before": out["test_loss_before"],
+                    "test_loss_after": out["test_loss_after"], "checkpoint": res.checkpoint, "record": out["record"]}]
+    if is_main_process():
+        print(json.dumps(summary, indent=1, default=str))
+    return 0
+
+
 def _cmd_site(args: argparse.Namespace) -> int:
     from nbsupport.book import site
     from nbsupport.book.runner import toc_chapters
@@ -251,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"run": _cmd_run, "book": _cmd_book, "data": _cmd_data, "info": _cmd_info,
                "params": _cmd_params, "pretrain": _cmd_pretrain,
-               "pretrain-sd": _cmd_pretrain_sd, "site": _cmd_site}[args.command]
+               "pretrain-sd": _cmd_pretrain_sd, "site": _cmd_site, "train": _cmd_train}[args.command]
     return handler(args)
 
 

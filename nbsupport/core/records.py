@@ -8,6 +8,7 @@ A record says what ran (chapter, method, dataset), at which scale (profile), wit
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -139,8 +140,12 @@ def write_record(
     """Write a run record as JSON and return its path.
 
     The directory is ``directory`` or :func:`nbsupport.core.paths.records_dir`
-    (``$NBSUPPORT_RECORDS``, default ``<repo>/runs``).
+    (``$NBSUPPORT_RECORDS``, default ``<repo>/runs``). Under a launcher (``accelerate launch``,
+    ``torchrun``) only the main process writes (the others return the same path), and the record's
+    params say how many processes ran.
     """
+    from nbsupport.core.distributed import is_main_process, launched
+
     if weights != "random" and not weights.startswith(("pretrained", "local:", "finetuned")):
         raise ValueError(f"weights={weights!r}: expected 'random', 'pretrained:<id>@<rev>', "
                          "'local:<path>' or 'finetuned:<what>'")
@@ -152,7 +157,8 @@ def write_record(
         weights=weights,
         metrics=_jsonable(metrics),
         method=method,
-        params=_jsonable(params or {}),
+        params=_jsonable({**(params or {}), **({"processes": int(os.environ.get("WORLD_SIZE", "1"))}
+                                                  if launched() else {})}),
         wall_time_s=timer.elapsed() if timer else None,
         peak_memory_bytes=timer.peak_memory() if timer else None,
         device=describe_device(dev),
@@ -164,6 +170,8 @@ def write_record(
     out_dir = Path(directory) if directory is not None else records_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{rec.name}.json"
+    if not is_main_process():
+        return path
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(rec.to_dict(), indent=2, sort_keys=False), encoding="utf-8")
     tmp.replace(path)

@@ -23,10 +23,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from nbsupport.core.checkpoints import CheckpointError, StepCheckpoints
+from nbsupport.core.distributed import engine, raw_optimizer, share
 from nbsupport.sd.methods import SD_METHODS, prepare, save_trainable, trainable_state
 from nbsupport.sd.models import SDComponents
 
@@ -140,6 +142,52 @@ def _autocast_dtype(cfg: SDTrainConfig, device: torch.device) -> torch.dtype | N
     return torch.float16
 
 
+class DenoisingStep(nn.Module):
+    """One micro-batch's training loss as a module's forward pass, so that DistributedDataParallel
+    sees one forward over every trained model (UNet, text encoder, VAE) per micro-batch.
+
+    The batch dict holds either cached latent distributions (``mean``, ``std``: ``[B, C, h, w]``)
+    or ``px`` ``[B, 3, H, W]`` in [-1, 1]; either cached text embeddings ``emb`` ``[B, 77, D]`` or
+    token ``ids`` ``[B, 77]``; and the micro-batch's random draws: ``z_eps`` (latent sampling),
+    ``noise`` ``[B, C, h, w]`` and timesteps ``t`` ``[B]``.
+    """
+
+    def __init__(self, components: SDComponents, trains_vae: bool, half: torch.dtype, autocast: bool) -> None:
+        super().__init__()
+        self.unet, self.vae, self.text_encoder = components.unet, components.vae, components.text_encoder
+        self.scheduler, self.vae_scale = components.scheduler, components.vae_scale
+        self.trains_vae, self.half, self.cast = trains_vae, half, autocast
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        device = next(self.unet.parameters()).device
+        if "mean" in batch:                                          # cached latent distributions
+            latents = (batch["mean"] + batch["std"] * batch["z_eps"]).to(device) * self.vae_scale
+            recon_loss = None
+        else:
+            px = batch["px"].to(device)
+            dist = self.vae.encode(px.to(torch.float32 if self.trains_vae else self.half)).latent_dist
+            z = dist.mean + dist.std * batch["z_eps"].to(device, dist.mean.dtype)
+            latents = z * self.vae_scale
+            recon_loss = F.mse_loss(self.vae.decode(z).sample.float(), px.float()) if self.trains_vae else None
+        if "emb" in batch:
+            emb = batch["emb"].to(device, self.half)
+        else:
+            emb = self.text_encoder(batch["ids"].to(device))[0]
+        noise = batch["noise"].to(device, latents.dtype)
+        t = batch["t"].to(device)
+        noisy = self.scheduler.add_noise(latents, noise, t)
+        pred = self.unet(noisy.to(self.half) if self.cast else noisy, t, emb).sample
+        loss = F.mse_loss(pred.float(), training_target(self.scheduler, latents, noise, t).float())
+        return loss + recon_loss if recon_loss is not None else loss
+
+
+def _latent_shape(components: SDComponents, pixels: torch.Tensor) -> tuple[int, int, int]:
+    """``(C, h, w)``: the VAE's latent shape for an image ``[3, H, W]``."""
+    cfg = components.vae.config
+    f = 2 ** (len(cfg.block_out_channels) - 1)
+    return cfg.latent_channels, pixels.shape[-2] // f, pixels.shape[-1] // f
+
+
 def _order(n: int, seed: int, epoch: int) -> list[int]:
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g).tolist()
@@ -167,12 +215,17 @@ def train_sd(
         checkpoint_dir: where the step checkpoints (``last.json`` + files) and ``final.safetensors`` go.
         stop_after_steps: stop after this many optimizer steps of this call (as a disconnect would).
     """
-    device = torch.device(device)
     spec = SD_METHODS[method]
+    dtype = _autocast_dtype(cfg, torch.device(device))
+    eng = engine(device, dtype, cfg.grad_accum)         # local, or Accelerate under a launcher
+    device = eng.device
+    progress = progress and eng.is_main
+    if cfg.batch_size < eng.world:
+        raise ValueError(f"batch_size={cfg.batch_size} is smaller than the {eng.world} processes: "
+                         "each micro-batch is the global one, split across processes; raise it")
     groups = prepare(components, method, **(method_options or {}))
     trainable = [p for g in groups for p in g["params"]]
     n_trainable = sum(p.numel() for p in trainable)
-    dtype = _autocast_dtype(cfg, device)
     half = dtype or torch.float32
     unet, vae, text = components.unet, components.vae, components.text_encoder
     # frozen models in half precision, trainable ones in fp32 (PEFT params live inside the frozen
@@ -196,7 +249,6 @@ def train_sd(
     vae.train(spec.trains_vae)
 
     opt, notices = make_optimizer(groups, cfg, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     sched = components.scheduler
     n = len(dataset)
 
@@ -240,12 +292,14 @@ def train_sd(
 
     def save_last(step: int) -> None:
         """Weights, optimizer and counters of one step, published together (see StepCheckpoints)."""
-        checkpoints.save("last", trainable_state(components), opt,
+        checkpoints.save("last", trainable_state(components), raw_optimizer(opt),
                          {"method": method, "step": step, "losses": losses, "seconds": seconds, "samples": samples,
                           "config": asdict(cfg)}, step)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    denoise = DenoisingStep(components, spec.trains_vae, half, dtype is not None)
+    wrapped, step_opt = eng.wrap(denoise, opt)          # DDP + Accelerate's optimizer under a launcher
     micro_per_epoch = math.ceil(n / cfg.batch_size)
     steps_run = 0
     step_times: list[float] = []
@@ -255,46 +309,41 @@ def train_sd(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
+        step_opt.zero_grad(set_to_none=True)
         step_loss = 0.0
         for micro in range(cfg.grad_accum):
             k = step * cfg.grad_accum + micro                      # global micro-batch index
             epoch, pos = divmod(k, micro_per_epoch)
             order = _order(n, cfg.seed, epoch)
             idx = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
-            items = [dataset[i] for i in idx]
+            lo, hi, empty = eng.rows(len(idx))                     # this process's rows of the micro-batch
+            mine = idx[lo:hi]
+            items = [dataset[i] for i in mine]
+            # the random draws of the whole micro-batch, in a fixed order; this process keeps its rows
             gen = torch.Generator().manual_seed(cfg.seed * 7_919 + k)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                if cache_latents:
-                    mean = torch.stack([latent_cache[i][0] for i in idx])
-                    std = torch.stack([latent_cache[i][1] for i in idx])
-                    latents = (mean + std * torch.randn(mean.shape, generator=gen)).to(device) * components.vae_scale
-                    recon_loss = None
-                else:
-                    px = torch.stack([it["pixel_values"] for it in items]).to(device)
-                    dist = vae.encode(px.to(torch.float32 if spec.trains_vae else half)).latent_dist
-                    z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=gen).to(device, dist.mean.dtype)
-                    latents = z * components.vae_scale
-                    recon_loss = F.mse_loss(vae.decode(z).sample.float(), px.float()) if spec.trains_vae else None
-                if cache_text:
-                    emb = torch.stack([text_cache[it["caption"]] for it in items]).to(device, half)
-                else:
-                    emb = encode_prompts(components, [it["caption"] for it in items], device)
-                noise = torch.randn(latents.shape, generator=gen).to(device, latents.dtype)
-                t = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=gen).to(device)
-                noisy = sched.add_noise(latents, noise, t)
-                pred = unet(noisy.to(half) if dtype else noisy, t, emb).sample
-                loss = F.mse_loss(pred.float(), training_target(sched, latents, noise, t).float())
-                if recon_loss is not None:
-                    loss = loss + recon_loss
-            scaler.scale(loss / cfg.grad_accum).backward()
-            step_loss += loss.item() / cfg.grad_accum
+            lat = latent_cache[mine[0]][0].shape if cache_latents else _latent_shape(components, items[0]["pixel_values"])
+            batch = {"z_eps": torch.randn((len(idx), *lat), generator=gen)[lo:hi],
+                     "noise": torch.randn((len(idx), *lat), generator=gen)[lo:hi],
+                     "t": torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=gen)[lo:hi]}
+            if cache_latents:
+                batch["mean"] = torch.stack([latent_cache[i][0] for i in mine])
+                batch["std"] = torch.stack([latent_cache[i][1] for i in mine])
+            else:
+                batch["px"] = torch.stack([it["pixel_values"] for it in items])
+            if cache_text:
+                batch["emb"] = torch.stack([text_cache[it["caption"]] for it in items])
+            else:
+                tok = components.tokenizer
+                batch["ids"] = tok([it["caption"] for it in items], padding="max_length", truncation=True,
+                                   max_length=tok.model_max_length, return_tensors="pt").input_ids
+            weight = share(len(mine), len(idx), eng.world, 1, empty)
+            with eng.micro(wrapped):
+                with eng.autocast():
+                    loss = wrapped(batch)
+                eng.backward(loss * weight if weight != 1.0 else loss)
+            step_loss += eng.global_sum(loss.detach() * (weight / eng.world)) / cfg.grad_accum
             samples += len(idx)
-        if cfg.max_grad_norm is not None:
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
-        scaler.step(opt)
-        scaler.update()
+        eng.step(step_opt, trainable, cfg.max_grad_norm)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds += time.perf_counter() - t0
@@ -303,15 +352,19 @@ def train_sd(
         bar.set_postfix(loss=f"{step_loss:.4f}")
         steps_run += 1
         done = step + 1
-        if ckpt is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-            save_last(done)
-        if stop_after_steps is not None and steps_run >= stop_after_steps and done < cfg.steps:
-            if ckpt is not None and done % cfg.checkpoint_every != 0:
+        stop = stop_after_steps is not None and steps_run >= stop_after_steps and done < cfg.steps
+        if ckpt is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps or stop):
+            if eng.is_main:
                 save_last(done)
+            eng.wait()
+        if stop:
             break
     final = None
     if ckpt is not None and len(losses) == cfg.steps:
-        final = str(save_trainable(components, ckpt / "final.safetensors", {"step": len(losses)}))
+        if eng.is_main:
+            save_trainable(components, ckpt / "final.safetensors", {"step": len(losses)})
+        eng.wait()
+        final = str(ckpt / "final.safetensors")
     peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
     for model in components.models().values():
         model.eval()

@@ -246,7 +246,7 @@ def run_method(
     # the key holds everything that decides the trained model, and nothing else: the same run asked for by
     # two chapters (or under two labels) is trained once; a changed split or label is trained afresh
     key = run_key("classification-v3", backbone.name, backbone.weights, backbone.image_size, method,
-                  model.nbsupport_method, asdict(train_config), fingerprint(train_set), fingerprint(data.val),
+                  model.nbsupport_method, train_config.key(), fingerprint(train_set), fingerprint(data.val),
                   fingerprint(data.test), *(["segmentation"] if data.task == "segmentation" else []))
     ckpt = cache_dir() / "checkpoints" / data.task / f"{method}-{key}"
     res = train_classifier(model, train_set, data.val, data.test, data.num_classes, train_config, device,
@@ -287,7 +287,7 @@ def run_method(
 def choose_lr(method: str, backbone: Backbone, data: ClassificationData, profile: str | Profile,
               device: torch.device | str, seed: int = 0, epochs: int | None = None,
               config: dict[str, Any] | None = None, factors: Sequence[float] | None = None,
-              progress: bool = False) -> tuple[float, dict[float, float]]:
+              progress: bool = False, train_overrides: dict[str, Any] | None = None) -> tuple[float, dict[float, float]]:
     """The profile's learning-rate rule: the method's registry rate times each of ``factors``
     (default: the profile's ``lr_factors``), trained once with ``seed`` on the training split;
     the rate with the best validation score wins (ties: the smaller rate).
@@ -302,7 +302,8 @@ def choose_lr(method: str, backbone: Backbone, data: ClassificationData, profile
     base = methods.METHODS[method].lr
     grid: dict[float, float] = {}
     for f in factors:
-        cfg = default_train_config(p, method, epochs=epochs, seed=seed, lr=base * f)
+        cfg = default_train_config(p, method, **{**(train_overrides or {}), "epochs": epochs, "seed": seed,
+                                                 "lr": base * f})
         row = run_method(method, backbone, data, p.name, "lr-grid", device, config=config, train_config=cfg,
                          record=False, progress=progress)
         score = row["best_val_score"]
@@ -313,9 +314,11 @@ def choose_lr(method: str, backbone: Backbone, data: ClassificationData, profile
 
 def run_seeds(method: str, backbone: Backbone, data: ClassificationData, profile: str, chapter: str,
               device: torch.device | str, seeds: Sequence[int], epochs: int | None = None,
-              lr: float | None = None, **kwargs: Any) -> list[dict[str, Any]]:
+              lr: float | None = None, train_overrides: dict[str, Any] | None = None,
+              **kwargs: Any) -> list[dict[str, Any]]:
     """:func:`run_method` once per seed (data order, dropout and new modules drawn from it), with
-    the profile's schedule; returns one row per seed, each with its ``seed`` and ``lr``.
+    the profile's schedule (``train_overrides``: other :class:`TrainConfig` fields, e.g.
+    ``batch_size``); returns one row per seed, each with its ``seed`` and ``lr``.
 
     ``lr=None`` applies the profile's rule: the registry rate when the profile has one factor,
     else :func:`choose_lr` on the first seed and the *full* training split (so a label-fraction run
@@ -326,9 +329,9 @@ def run_seeds(method: str, backbone: Backbone, data: ClassificationData, profile
     grid: dict[float, float] | None = None
     if lr is None and len(get_profile(profile).lr_factors) > 1:
         lr, grid = choose_lr(method, backbone, data, profile, device, seed=seeds[0], epochs=epochs,
-                             config=kwargs.get("config"))
+                             config=kwargs.get("config"), train_overrides=train_overrides)
     for s in seeds:
-        cfg = default_train_config(profile, method, epochs=epochs, seed=s, lr=lr)
+        cfg = default_train_config(profile, method, **{**(train_overrides or {}), "epochs": epochs, "seed": s, "lr": lr})
         extra = {**extra_params, "seed": s, **({"lr_grid": {f"{k:.2e}": v for k, v in grid.items()}} if grid else {})}
         rows.append({**run_method(method, backbone, data, profile, chapter, device, train_config=cfg,
                                   extra_params=extra, **kwargs), "seed": s, "lr": cfg.lr})

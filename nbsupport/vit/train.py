@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from nbsupport.core.checkpoints import CheckpointError, StepCheckpoints
+from nbsupport.core.distributed import Engine, engine, raw_optimizer, share
 from nbsupport.vit.methods import (
     save_trainable,
     trainable_parameters,
@@ -61,6 +62,9 @@ class TrainConfig:
             mode="reduce-overhead": CUDA graphs remove the kernel-launch overhead that dominates
             small PEFT modules at small batches; needs a fixed batch shape, so the last partial
             batch is dropped).
+        grad_accum: split each batch into this many micro-batches, one backward pass each, one
+            optimizer step per batch: the same optimisation in less memory (under Accelerate, no
+            gradient exchange before the last micro-batch).
     """
 
     epochs: int = 10
@@ -74,6 +78,15 @@ class TrainConfig:
     num_workers: int = 0
     eval_batch_size: int = 64
     compile: str | None = None
+    grad_accum: int = 1
+
+    def key(self) -> dict[str, Any]:
+        """The settings as they enter a run key: ``grad_accum`` (added later, and not changing the
+        optimisation) only when set, so the checkpoints of earlier runs stay valid."""
+        d = asdict(self)
+        if d["grad_accum"] == 1:
+            del d["grad_accum"]
+        return d
 
 
 @dataclass
@@ -174,6 +187,41 @@ def evaluate(model: nn.Module, dataset: Dataset, device: torch.device, num_class
     return multilabel_metrics(labels, probs) if multi else classification_metrics(labels, probs, num_classes)
 
 
+def _batches(train_set: Dataset, cfg: TrainConfig, gen: torch.Generator, eng: Engine):
+    """Yield ``(x, y, n_global, empty)``: this process's rows of each batch of one epoch.
+
+    One process: the shuffled DataLoader the chapters teach. Several: the same global batches (a
+    DataLoader over the indices with the same sampler and generator), each process loading its own
+    rows (``empty``: a process without rows computes on row 0 with weight 0).
+    """
+    drop_last = cfg.compile == "cudagraphs"
+    if eng.world == 1:
+        for x, y in DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=gen,
+                               num_workers=cfg.num_workers, drop_last=drop_last):
+            yield x, torch.as_tensor(y), x.shape[0], False
+        return
+    order = DataLoader(range(len(train_set)), batch_size=cfg.batch_size, shuffle=True, generator=gen,
+                       drop_last=drop_last)
+    batches = [b.tolist() for b in order]
+    mine = [eng.rows(len(b)) for b in batches]
+    local = [b[lo:hi] for b, (lo, hi, _) in zip(batches, mine)]
+    loader = DataLoader(train_set, batch_sampler=local, num_workers=cfg.num_workers)
+    for (x, y), b, (_, _, empty) in zip(loader, batches, mine):
+        yield x, torch.as_tensor(y), len(b), empty
+
+
+def _micro_batches(x: torch.Tensor, y: torch.Tensor, n_global: int, empty: bool,
+                   eng: Engine) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+    """Split this process's rows into ``eng.accum`` micro-batches with their loss weights."""
+    out = []
+    for xm, ym in zip(torch.tensor_split(x, eng.accum), torch.tensor_split(y, eng.accum)):
+        if len(xm) == 0:             # fewer rows than micro-batches: compute on one row, weight 0
+            out.append((x[:1], y[:1], 0.0))
+        else:
+            out.append((xm, ym, share(len(xm), n_global, eng.world, eng.accum, empty)))
+    return out
+
+
 def _lr_lambda(total_steps: int, warmup_steps: int):
     def fn(step: int) -> float:
         if step < warmup_steps:
@@ -215,7 +263,10 @@ def train_classifier(
     Returns:
         :class:`TrainResult`; ``test`` holds the best model's test metrics (empty without a test set).
     """
-    device = torch.device(device)
+    dtype = amp_dtype(torch.device(device)) if cfg.amp else None
+    eng = engine(device, dtype, cfg.grad_accum)       # local, or Accelerate under a launcher
+    device = eng.device
+    progress = progress and eng.is_main
     model.to(device)
     segmentation = task_of(train_set) == "segmentation"
     multi = False if segmentation else is_multi_label(train_set)
@@ -228,12 +279,14 @@ def train_classifier(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, _lr_lambda(total_steps, max(1, int(round(cfg.warmup_epochs * steps_per_epoch)))))
-    dtype = amp_dtype(device) if cfg.amp else None
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     if cfg.compile not in (None, "default", "cudagraphs"):
         raise ValueError(f"compile={cfg.compile!r}: expected None, 'default' or 'cudagraphs'")
-    step_model = (torch.compile(model, mode="reduce-overhead") if cfg.compile == "cudagraphs"
-                  else torch.compile(model) if cfg.compile == "default" else model)
+    if cfg.batch_size < eng.world:
+        raise ValueError(f"batch_size={cfg.batch_size} is smaller than the {eng.world} processes: "
+                         "the batch is the global one, split across processes; raise it")
+    wrapped, step_opt = eng.wrap(model, opt)          # DDP + Accelerate's optimizer under a launcher
+    step_model = (torch.compile(wrapped, mode="reduce-overhead") if cfg.compile == "cudagraphs"
+                  else torch.compile(wrapped) if cfg.compile == "default" else wrapped)
 
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     checkpoints = StepCheckpoints(ckpt) if ckpt is not None else None
@@ -276,31 +329,34 @@ def train_classifier(
         model.train()
         torch.manual_seed(cfg.seed * 100_003 + epoch)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=gen,
-                            num_workers=cfg.num_workers, drop_last=cfg.compile == "cudagraphs")
         losses = []
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        for x, y in tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress):
-            x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                logits = step_model(x).float()
-                if segmentation:
-                    loss = segmentation_loss(logits, y)
-                else:
-                    loss = F.binary_cross_entropy_with_logits(logits, y.float()) if multi else F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip is not None:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
+        batches = _batches(train_set, cfg, gen, eng)
+        for x, y, n_global, empty in tqdm(batches, desc=f"epoch {epoch + 1}", leave=False, disable=not progress,
+                                          total=math.ceil(len(train_set) / cfg.batch_size)):
+            step_opt.zero_grad(set_to_none=True)
+            batch_loss = 0.0
+            for xm, ym, weight in _micro_batches(x, y, n_global, empty, eng):
+                xm, ym = xm.to(device, non_blocking=True), ym.to(device)
+                with eng.micro(wrapped):
+                    with eng.autocast():
+                        logits = step_model(xm).float()
+                        if segmentation:
+                            loss = segmentation_loss(logits, ym)
+                        elif multi:
+                            loss = F.binary_cross_entropy_with_logits(logits, ym.float())
+                        else:
+                            loss = F.cross_entropy(logits, ym)
+                    eng.backward(loss * weight if weight != 1.0 else loss)
+                # the global batch's mean loss: each micro-batch's mean, weighted by its share of the batch
+                batch_loss += eng.global_sum(loss.detach() * (weight / (eng.world * eng.accum)))
+            eng.step(step_opt, params, cfg.grad_clip)
             sched.step()
-            losses.append(loss.item())
+            losses.append(batch_loss)
             steps_done += 1
-            images_done += x.shape[0]
+            images_done += n_global
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_seconds += time.perf_counter() - t0
@@ -312,14 +368,15 @@ def train_classifier(
         if score > best_score:
             best_score, best_epoch, best_val = score, epoch + 1, val
             best_state = {k: v.clone() for k, v in trainable_state_dict(model).items()}
-        if checkpoints is not None:      # this epoch's weights, best weights, optimizer and counters: one commit
+        if checkpoints is not None and eng.is_main:   # this epoch's weights, best weights, optimizer, counters: one commit
             tensors = {f"last.{k}": v for k, v in trainable_state_dict(model).items()}
             tensors.update({f"best.{k}": v for k, v in (best_state or {}).items()})
             sched_sd = {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"}
-            checkpoints.save("last", tensors, opt, {
+            checkpoints.save("last", tensors, raw_optimizer(opt), {
                 "epoch": epoch + 1, "best_score": best_score, "best_epoch": best_epoch, "history": history,
                 "best_val": best_val, "train_seconds": train_seconds, "steps": steps_done, "images": images_done,
                 "scheduler": sched_sd}, epoch + 1)
+        eng.wait()
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", **{f"val_{select}": f"{val[select]:.3f}"})
         epochs_run += 1
         if stop_after_epochs is not None and epochs_run >= stop_after_epochs and epoch + 1 < cfg.epochs:
@@ -332,8 +389,9 @@ def train_classifier(
         with torch.no_grad():
             for k, v in best_state.items():
                 named[k].copy_(v.to(named[k].device))
-        if ckpt is not None and not (ckpt / "best.safetensors").exists():
+        if ckpt is not None and eng.is_main and not (ckpt / "best.safetensors").exists():
             save_trainable(model, ckpt / "best.safetensors", {"epoch": best_epoch, "val": best_val})
+        eng.wait()
     if finished and test_set is not None:
         test = evaluate(model, test_set, device, num_classes, cfg.eval_batch_size, cfg.amp, multi)
     peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
