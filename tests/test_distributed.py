@@ -146,3 +146,12 @@ def test_classification_two_processes_match_one_and_resume_on_one_after_a_kill(t
     assert _max_diff(one / "best.safetensors", run / "best.safetensors") < 1e-4
     (rec,) = _records(killed)
     assert rec["params"]["resumed_from_epoch"] == done
+
+
+def test_the_4_gpu_accelerate_config_on_the_running_page_is_valid():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    root = Path(__file__).resolve().parent.parent
+    cfg = load_config_from_file(str(root / "configs" / "accelerate-4gpu.yaml"))
+    assert (cfg.distributed_type.value, cfg.num_processes, cfg.num_machines) == ("MULTI_GPU", 4, 1)
+    assert "configs/accelerate-4gpu.yaml" in (root / "book" / "running.md").read_text()

@@ -52,6 +52,7 @@ def train_config(profile: str | Profile, steps: int | None = None, batch_size: i
     steps = steps or p.sd_steps
     return SDTrainConfig(steps=steps, batch_size=batch_size or p.sd_batch_size, grad_accum=p.sd_grad_accum,
                          resolution=p.sd_resolution, mixed_precision=p.sd_precision, lr_scale=p.sd_lr_scale,
+                         gradient_checkpointing=p.sd_checkpointing,
                          checkpoint_every=max(1, steps // 4), seed=seed)
 
 

@@ -347,20 +347,45 @@ def pretrain_sd(cfg: SDPretrainConfig, out_dir: str | Path | None = None, device
     return out
 
 
+def _probe_features(images: np.ndarray, device: torch.device) -> np.ndarray:
+    """Class-token features ``[N, D]`` of the frozen pocket ViT for uint8 images ``[N, S, S, 3]``."""
+    from nbsupport.vit.backbones import POCKET_MEAN, POCKET_STD, create_vit
+    from nbsupport.vit.probe import token_features
+
+    vit = create_vit("pocket-fundus-vit", pretrained=True, num_classes=0, img_size=images.shape[1]).to(device)
+    return token_features(vit, images, POCKET_MEAN, POCKET_STD)["cls"]
+
+
+def probe_reference(real: np.ndarray, grades: np.ndarray, eyes: list[str],
+                    device: torch.device | str = "cpu") -> dict[str, float]:
+    """How well the evaluation's probes read side and grade from *real* images they were not fitted
+    on (fitted on the first half of ``real``, scored on the second): the ceiling for samples."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import cohen_kappa_score
+
+    fr = _probe_features(real, torch.device(device))
+    right, grades = np.array([e == "right" for e in eyes]), np.asarray(grades)
+    h = len(fr) // 2
+    eye = LogisticRegression(max_iter=2000).fit(fr[:h], right[:h])
+    grade = LogisticRegression(max_iter=2000).fit(fr[:h], grades[:h])
+    return {"eye_accuracy_real": float((eye.predict(fr[h:]) == right[h:]).mean()),
+            "grade_qwk_real": float(cohen_kappa_score(grades[h:], grade.predict(fr[h:]), weights="quadratic")),
+            "n_real": int(len(fr))}
+
+
 @torch.no_grad()
 def evaluate_pocket(comp: SDComponents, real: np.ndarray, grades: np.ndarray, eyes: list[str],
                     cfg: SDPretrainConfig, device: torch.device) -> dict[str, float]:
     """Sample ``cfg.eval_samples`` images (fixed prompts and seeds) and compare them with ``real``
     held-out images through the pocket ViT: Fréchet distance of class-token features (and the
     same between two halves of ``real``, the noise floor), and how often a probe trained on the
-    real images' features reads the prompted eye side and grade from the samples."""
+    real images' features reads the prompted eye side and grade from the samples (what the same
+    probes read from real images they were not fitted on: :func:`probe_reference`)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import cohen_kappa_score
 
     from nbsupport.evaluation.fidelity import fid_from_features
     from nbsupport.sd.sampling import sample
-    from nbsupport.vit.backbones import POCKET_MEAN, POCKET_STD, create_vit
-    from nbsupport.vit.probe import token_features
 
     prompts, p_grades, p_eyes = evaluation_prompts(cfg.eval_samples)
     was = [m.training for m in comp.models().values()]
@@ -370,9 +395,7 @@ def evaluate_pocket(comp: SDComponents, real: np.ndarray, grades: np.ndarray, ey
                            steps=cfg.eval_steps, guidance_scale=cfg.guidance, device=device))
     for m, w in zip(comp.models().values(), was):
         m.train(w)
-    vit = create_vit("pocket-fundus-vit", pretrained=True, num_classes=0, img_size=real.shape[1]).to(device)
-    fr = token_features(vit, real, POCKET_MEAN, POCKET_STD)["cls"]
-    ff = token_features(vit, fake, POCKET_MEAN, POCKET_STD)["cls"]
+    fr, ff = _probe_features(real, device), _probe_features(fake, device)
     half = len(fr) // 2
     right = np.array([e == "right" for e in eyes])
     eye_probe = LogisticRegression(max_iter=2000).fit(fr, right)
