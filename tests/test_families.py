@@ -99,3 +99,26 @@ def test_cnns_are_refused_with_the_family_named():
     methods.adapt(timm.create_model("resnet18", pretrained=False, num_classes=5), "linear")   # a head works anywhere
     with pytest.raises(UnsupportedModelError, match="a timm ResNet is not a Vision Transformer"):
         create_vit("resnet18", num_classes=5, pretrained=True)      # refused before any download
+
+
+def test_a_timm_hub_load_records_the_commit_it_loaded(tmp_path, monkeypatch):
+    """Offline from the hub cache: the record's weights name the snapshot's commit."""
+    import safetensors.torch
+    import timm
+
+    from nbsupport.vit.backbones import create_vit
+
+    name = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+    commit = "fedcba9876543210fedcba9876543210fedcba98"
+    snap = tmp_path / "hub" / f"models--timm--{name}" / "snapshots" / commit
+    snap.mkdir(parents=True)
+    src = timm.create_model(name, pretrained=False)
+    safetensors.torch.save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(snap / "model.safetensors"))
+    (snap.parent.parent / "refs").mkdir()
+    (snap.parent.parent / "refs" / "main").write_text(commit)
+    for var, value in (("HF_HUB_CACHE", str(tmp_path / "hub")), ("HF_HUB_OFFLINE", True)):
+        monkeypatch.setenv(var, str(value) if var == "HF_HUB_CACHE" else "1")
+        monkeypatch.setattr(f"huggingface_hub.constants.{var}", value)
+    model = create_vit(name, num_classes=0, pretrained=True)
+    assert model.nbsupport_weights == f"pretrained:{name}@{commit}"
+    assert torch.equal(model.blocks[0].attn.qkv.weight, src.blocks[0].attn.qkv.weight)

@@ -321,3 +321,28 @@ def test_params_sd_counts_any_snapshot(sd2_snapshot, capsys):
     (sd2_snapshot.parent / "half").mkdir()
     assert main(["params", "sd", "--model", str(sd2_snapshot.parent / "half")]) == 2
     assert "no unet/config.json" in capsys.readouterr().out
+
+
+def _as_hub_cache(snapshot: Path, cache: Path, repo_id: str, commit: str) -> None:
+    """Lay a local snapshot out as the Hugging Face cache would after a download of ``repo_id``."""
+    import shutil
+
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(snapshot, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+
+
+def test_a_hub_load_records_the_commit_it_loaded(sd2_snapshot, tmp_path, monkeypatch):
+    """Offline from the hub cache: the weights label names the snapshot's commit, not 'default'."""
+    from nbsupport.sd.models import load_pretrained
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    _as_hub_cache(sd2_snapshot, tmp_path / "hub", "someone/pocket-sd2", commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    comp = load_pretrained("someone/pocket-sd2")
+    assert comp.weights == f"pretrained:someone/pocket-sd2@{commit}"
+    assert comp.scheduler.config.prediction_type == "v_prediction"

@@ -138,6 +138,12 @@ class Engine:
             return float(value.item())
         return float(self.accelerator.reduce(value.detach().float().reshape(1), "sum").item())
 
+    def release(self) -> None:
+        """Drop Accelerate's references to the prepared module and optimizer (a chapter or a seed
+        loop trains several models in one process; without this each stays in memory)."""
+        if self.accelerator is not None:
+            self.accelerator.free_memory()
+
     def wait(self) -> None:
         """Barrier: the other processes wait until the main one has written its files."""
         if self.accelerator is not None:

@@ -234,7 +234,13 @@ def load_pretrained(hub_id: str = SD15_HUB_ID, revision: str | None = None,
             "(unet/, vae/, text_encoder/, tokenizer/, scheduler/ with safetensors; in a chapter: -p sd_weights /path), "
             "or the smoke profile (-p profile smoke: a tiny random pipeline). A token, if the repository needs "
             "one, is read from the HF_TOKEN environment variable.") from exc
-    label = f"pretrained:{hub_id}@{revision or 'default'}" if not local_dir else f"local:{local_dir}"
+    if local_dir:
+        label = f"local:{local_dir}"
+    else:                                 # the commit the files came from, not just the branch asked for
+        from nbsupport.core.hub import loaded_revision
+
+        commit = loaded_revision(hub_id, ["unet/config.json", "model_index.json"], revision)
+        label = f"pretrained:{hub_id}@{commit or revision or 'default'}"
     comp = SDComponents(unet, vae, text, tok, training_scheduler(scheduler_cfg), label, f"Stable Diffusion ({src})")
     if scheduler_cfg is None:
         comp.extra["notice"] = f"{src} has no scheduler/scheduler_config.json: SD 1.5's schedule (epsilon) is used"

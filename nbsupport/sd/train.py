@@ -366,6 +366,7 @@ def train_sd(
         eng.wait()
         final = str(ckpt / "final.safetensors")
     peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+    eng.release()
     for model in components.models().values():
         model.eval()
     return SDTrainResult(

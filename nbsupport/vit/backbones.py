@@ -215,8 +215,20 @@ def create_vit(
             "in a chapter: -p weights /path/to/model.safetensors), another model (in a chapter: -p backbone NAME), "
             "pretrained=False for random weights (say so in your results), or the smoke profile "
             "(-p profile smoke).") from exc
+    if pretrained and weights_path is None:       # the commit the weights came from, read back from the hub cache
+        from nbsupport.core.hub import loaded_revision
+
+        hub_id = (getattr(model, "pretrained_cfg", None) or {}).get("hf_hub_id")
+        if hub_id:
+            repo, _, asked = hub_id.partition("@")
+            revision = loaded_revision(repo, HUB_WEIGHT_FILES, asked or revision) or revision
     model.nbsupport_weights = weights_label(timm_name, pretrained, revision, weights_path, tiny)  # type: ignore[attr-defined]
     return model
+
+
+#: the file names timm loads pretrained weights from on the hub
+HUB_WEIGHT_FILES = ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin",
+                    "open_clip_pytorch_model.bin")
 
 
 def _check_family(timm_name: str, kwargs: dict[str, Any]) -> None:

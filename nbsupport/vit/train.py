@@ -395,6 +395,7 @@ def train_classifier(
     if finished and test_set is not None:
         test = evaluate(model, test_set, device, num_classes, cfg.eval_batch_size, cfg.amp, multi)
     peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+    eng.release()
     return TrainResult(
         history=history, best_epoch=best_epoch, best_val=best_val, test=test,
         step_time_s=train_seconds / max(steps_done, 1), images_per_s=images_done / max(train_seconds, 1e-9),
