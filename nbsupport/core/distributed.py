@@ -13,7 +13,9 @@ Data: every process draws the *global* batch order and the noise from the same s
 and keeps its own contiguous rows of each batch (:func:`rows`). Each local loss is weighted by its
 share of the global batch (:func:`share`), so that DDP's gradient mean is the gradient of the whole
 batch's mean loss. N processes with a global batch B therefore compute what one process with batch
-B computes (up to the order of float sums), and a checkpoint written by N processes resumes under M.
+B computes (up to the order of float sums; exactly so for losses that are means over images, while
+a batch-level loss such as segmentation's soft Dice is computed over each process's rows), and a
+checkpoint written by N processes resumes under M.
 """
 
 from __future__ import annotations

@@ -64,7 +64,8 @@ class TrainConfig:
             batch is dropped).
         grad_accum: split each batch into this many micro-batches, one backward pass each, one
             optimizer step per batch: the same optimisation in less memory (under Accelerate, no
-            gradient exchange before the last micro-batch).
+            gradient exchange before the last micro-batch). Exact for losses that are means over
+            images (cross-entropy, BCE); segmentation's soft Dice is computed per micro-batch.
     """
 
     epochs: int = 10
