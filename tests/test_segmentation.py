@@ -33,11 +33,31 @@ def test_dice_and_iou_equal_scikit_learns_f1_and_jaccard():
     assert empty["dice"] == 1.0 and empty["iou"] == 1.0          # nothing to find, nothing found
 
 
-@pytest.mark.parametrize("size, patch", [(64, 8), (32, 16)])
-def test_decoder_output_has_the_masks_shape(size, patch):
+@pytest.mark.parametrize("size, patch, detail", [(64, 8, 16), (32, 16, 16), (32, 16, 0)])
+def test_decoder_output_has_the_masks_shape(size, patch, detail):
     vit = methods.adapt(timm.create_model("vit_tiny_patch16_224", img_size=size, patch_size=patch, **SMALL), "lora")
-    model = SegmentationModel(vit, num_classes=4)
+    model = SegmentationModel(vit, num_classes=4, detail=detail)
     assert model(torch.randn(2, 3, size, size)).shape == (2, 4, size, size)
+    assert (model.decoder.detail is None) == (detail == 0)
+    assert model.decoder.out.in_channels == 32 + detail
+    assert model.nbsupport_method["decoder"].get("detail", 0) == detail      # the stem is part of the run key
+
+
+def test_the_detail_stem_reaches_single_pixels():
+    """A token-only decoder sees a 16 x 16 patch as one token; the detail stem sees each pixel: a
+    one-pixel change moves the logits at that pixel far more than a token-only decoder's."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 32, 32)
+    bumped = x.clone()
+    bumped[0, :, 9, 9] += 3.0
+    moved = {}
+    for detail in (0, 16):
+        vit = methods.adapt(timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=16, **SMALL), "linear")
+        model = SegmentationModel(vit, num_classes=1, detail=detail).eval()
+        with torch.no_grad():
+            d = (model(bumped) - model(x)).abs()[0, 0]
+        moved[detail] = d[9, 9].item() / (d[:16, :16].mean().item() + 1e-12)     # at the pixel vs its patch
+    assert moved[16] > 3 * moved[0]
 
 
 @pytest.mark.parametrize("method", list(methods.METHODS))

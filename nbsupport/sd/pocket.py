@@ -8,7 +8,8 @@ part          class                                  pocket size
 VAE           ``diffusers.AutoencoderKL``            64 px <-> 4 x 16 x 16 latents (4x, SD: 8x); 0.7 M
 UNet          ``diffusers.UNet2DConditionModel``     cross-attention down/up blocks as SD's; 3.2 M
 text encoder  ``transformers.CLIPTextModel``         4 layers, width 128, local vocabulary; 0.9 M
-scheduler     ``diffusers.DDPMScheduler``            SD's schedule (1000 steps, scaled linear)
+scheduler     ``diffusers.DDPMScheduler``            SD's betas rescaled to zero terminal SNR,
+                                                     v-prediction (as SD 2.x), trailing steps
 ============  =====================================  ===========================================
 
 Because the classes are the same, every fine-tuning method of :mod:`nbsupport.sd.methods`
@@ -32,7 +33,7 @@ from typing import Any, Iterable
 
 import torch
 
-from nbsupport.sd.models import SDComponents, WeightsUnavailableError, _scheduler
+from nbsupport.sd.models import SDComponents, WeightsUnavailableError, training_scheduler
 
 __all__ = ["POCKET_SD", "POCKET_WORDS", "POCKET_RESOLUTION", "POCKET_SD_FILE", "POCKET_SD_SHA256",
            "pocket_tokenizer", "build_pocket", "load_pocket", "check_prompts", "component_sizes", "shipped_record"]
@@ -50,6 +51,13 @@ POCKET_SD: dict[str, dict[str, Any]] = {
                  cross_attention_dim=128, attention_head_dim=4, norm_num_groups=16),
     "text": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
                  max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=128),
+    # SD's beta schedule rescaled to zero terminal SNR, with v-prediction and trailing sampling steps
+    # (Lin et al., 2024, arXiv:2305.08891). With SD 1.5's schedule the last step still carries
+    # sqrt(0.0047) of the image, enough for a model to read the optic disc's side from the noise
+    # instead of the caption: the first pocket recipe learned to ignore "left"/"right" entirely.
+    "scheduler": dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                      prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing",
+                      clip_sample=False, steps_offset=1),
 }
 
 # Every word a fundus caption can use (grades, findings, eyes, cameras), plus common prompt words.
@@ -103,7 +111,8 @@ def build_pocket(seed: int = 0, tokenizer_dir: str | Path | None = None) -> SDCo
     text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id,
                                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                                         **POCKET_SD["text"]))
-    return SDComponents(unet, vae, text, tok, _scheduler(), "random", "pocket Stable Diffusion (random init)",
+    return SDComponents(unet, vae, text, tok, training_scheduler(POCKET_SD["scheduler"]), "random",
+                        "pocket Stable Diffusion (random init)",
                         extra={"resolution": POCKET_RESOLUTION})
 
 

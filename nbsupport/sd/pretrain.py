@@ -7,9 +7,12 @@ pocket ViT's corpus (:mod:`nbsupport.data.corpus`: procedural eyes from the *sou
 1. **VAE** (``AutoencoderKL``): L1 reconstruction + a small KL term (SD: 1e-6; no perceptual or
    adversarial loss at this scale). Afterwards the latents' scale is measured and stored as the
    VAE's ``scaling_factor`` (SD's 0.18215 was found the same way).
-2. **UNet + text encoder** jointly, DDPM epsilon-prediction on the frozen VAE's latents with SD's
-   noise schedule; captions are dropped 10% of the time (classifier-free guidance needs the
-   unconditional model); an exponential moving average of the weights is what ships.
+2. **UNet + text encoder** jointly, denoising the frozen VAE's latents with the pocket scheduler
+   (:data:`nbsupport.sd.pocket.POCKET_SD`: SD's betas rescaled to zero terminal SNR, v-prediction,
+   as Lin et al. 2024 recommend; the first recipe, SD 1.5's epsilon schedule, made a model that
+   read the optic disc's side from the noise the schedule leaves at its last step and ignored the
+   caption's "left"/"right"); captions are dropped 10% of the time (classifier-free guidance needs
+   the unconditional model); an exponential moving average of the weights is what ships.
 
 Captions (:func:`source_caption`) name the eye and the grade, *never a lesion*: "A colour fundus
 photograph of a left eye with moderate non-proliferative diabetic retinopathy." The chapters'
@@ -43,6 +46,7 @@ from nbsupport.core.paths import cache_dir
 from nbsupport.data.corpus import CorpusSpec, corpus_labels, load_corpus
 from nbsupport.data.fundus import GRADE_NAMES
 from nbsupport.sd.models import SDComponents
+from nbsupport.sd.train import training_target
 from nbsupport.sd.pocket import POCKET_SD, build_pocket
 
 __all__ = ["SDPretrainConfig", "source_caption", "pretrain_sd", "export_pocket", "evaluate_pocket",
@@ -299,7 +303,6 @@ def pretrain_sd(cfg: SDPretrainConfig, out_dir: str | Path | None = None, device
 
     start = state["step"]
     sched = comp.scheduler
-    alphas = sched.alphas_cumprod.to(device)
     n = len(means)
     bar = tqdm(total=cfg.steps, initial=state["step"], desc="pocket SD: UNet + text", unit="step", disable=not progress)
     log = _StageLog(state, cfg.steps, cfg.log_every, bar, "loss")
@@ -315,12 +318,11 @@ def pretrain_sd(cfg: SDPretrainConfig, out_dir: str | Path | None = None, device
         drop = torch.rand(cfg.batch_size, generator=gen) < cfg.cond_drop
         which = torch.where(drop, len(unique) - 1, caption_index[idx])
         z0, noise, t = z0.to(device), noise.to(device), t.to(device)
-        a = alphas[t].view(-1, 1, 1, 1)
-        noisy = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        noisy = sched.add_noise(z0, noise, t)
         for g in opt.param_groups:
             g["lr"] = _lr(step, cfg, cfg.lr, cfg.steps)
         emb = text(ids[which.to(device)])[0]
-        loss = F.mse_loss(unet(noisy, t, emb).sample, noise)
+        loss = F.mse_loss(unet(noisy, t, emb).sample, training_target(sched, z0, noise, t))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(params, 1.0)

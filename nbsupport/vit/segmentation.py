@@ -6,10 +6,16 @@ The DVPT paper adapts a segmentation backbone (SegFormer-B4) with DVPT and train
 classification head), and a small decoder turns its patch tokens into masks:
 
 ``x [B, 3, H, W] -> backbone -> patch tokens [B, (H/p)(W/p), D] -> [B, D, H/p, W/p]
--> 1x1 conv to ``width`` (32) -> (2x upsample, 3x3 conv, GroupNorm, GELU) x log2(p) -> 1x1 conv -> logits [B, K, H, W]``
+-> 1x1 conv to ``width`` (32) -> (2x upsample, 3x3 conv, GroupNorm, GELU) x log2(p) -> [B, 32, H, W]
+-> concat detail stem(x) [B, 16, H, W] -> 1x1 conv -> logits [B, K, H, W]``
 
-(progressive upsampling, as SETR-PUP). The decoder is always trained: it plays the part the
-classification head plays, so ``linear`` here means *decoder only* on a frozen backbone.
+(progressive upsampling, as SETR-PUP). A ViT's tokens describe 16 x 16 pixel patches: a decoder that
+sees only them paints structures thinner than a patch as blobs (a 64 px fundus has 1-2 px vessels
+and 4 x 4 tokens). So, as ViT-Adapter's *spatial prior module* does for plain ViTs (Chen et al.,
+2023, arXiv:2205.08534), a small convolutional **detail stem** (two 3x3 convolutions, ``detail``
+channels, at full resolution) reads the image itself, and its features join the upsampled ones
+before the last 1x1 convolution. The decoder, stem included, is always trained: it plays the part
+the classification head plays, so ``linear`` here means *decoder only* on a frozen backbone.
 
 Masks are multi-label (one sigmoid per kind: vessels, optic disc and lesions overlap), so the
 loss is ``0.5 * binary cross-entropy + 0.5 * soft Dice``, the multi-label form of the paper's.
@@ -34,23 +40,33 @@ from torch import nn
 __all__ = ["PatchDecoder", "SegmentationModel", "segmentation_loss", "dice_iou", "SegmentationCounts"]
 
 
-class PatchDecoder(nn.Module):
-    """Patch-token grid ``[B, D, g, g]`` -> logits ``[B, K, g * 2^n, g * 2^n]`` by ``n`` doublings."""
+def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.GroupNorm(8 if c_out % 8 == 0 else 1, c_out), nn.GELU())
 
-    def __init__(self, dim: int, num_classes: int, upsamplings: int, width: int = 32) -> None:
+
+class PatchDecoder(nn.Module):
+    """Patch-token grid ``[B, D, g, g]`` -> logits ``[B, K, g * 2^n, g * 2^n]`` by ``n`` doublings;
+    with ``detail > 0`` the image ``[B, 3, g * 2^n, g * 2^n]`` also enters through the detail stem."""
+
+    def __init__(self, dim: int, num_classes: int, upsamplings: int, width: int = 32, detail: int = 0) -> None:
         super().__init__()
         self.proj = nn.Conv2d(dim, width, 1)
         self.stages = nn.ModuleList(
-            nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-                          nn.Conv2d(width, width, 3, padding=1), nn.GroupNorm(8 if width % 8 == 0 else 1, width),
-                          nn.GELU())
+            nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), _conv_block(width, width))
             for _ in range(upsamplings))
-        self.out = nn.Conv2d(width, num_classes, 1)
+        self.detail = nn.Sequential(_conv_block(3, detail), _conv_block(detail, detail)) if detail else None
+        self.out = nn.Conv2d(width + detail, num_classes, 1)
 
-    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+    def forward(self, grid: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
         x = self.proj(grid)
         for stage in self.stages:
-            x = stage(x)
+            x = stage(x)                                                   # [B, width, H, W]
+        if self.detail is not None:
+            if image is None:
+                raise ValueError("this decoder has a detail stem: pass the image too")
+            if image.shape[-2:] != x.shape[-2:]:
+                x = F.interpolate(x, size=image.shape[-2:], mode="bilinear", align_corners=False)
+            x = torch.cat([x, self.detail(image)], dim=1)                  # [B, width + detail, H, W]
         return self.out(x)
 
 
@@ -61,9 +77,10 @@ class SegmentationModel(nn.Module):
         backbone: a ViT adapted by :func:`nbsupport.vit.methods.adapt` (built with ``num_classes=0``).
         num_classes: mask kinds ``K``.
         width: decoder channels.
+        detail: channels of the full-resolution detail stem (0: tokens only).
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int, width: int = 32) -> None:
+    def __init__(self, backbone: nn.Module, num_classes: int, width: int = 32, detail: int = 16) -> None:
         super().__init__()
         method = getattr(backbone, "nbsupport_method", {}) or {}
         if method.get("name") == "dvpt" and method.get("config", {}).get("inject") == "cls":
@@ -74,9 +91,10 @@ class SegmentationModel(nn.Module):
         if patch & (patch - 1):
             raise ValueError(f"patch size {patch}: the decoder upsamples by doublings, so it must be a power of two")
         self.patch = patch
-        self.decoder = PatchDecoder(backbone.embed_dim, num_classes, int(math.log2(patch)), width)
+        self.decoder = PatchDecoder(backbone.embed_dim, num_classes, int(math.log2(patch)), width, detail)
         # the decoder is part of what a checkpoint holds: its shape enters the run key
-        self.nbsupport_method = {**method, "decoder": {"kind": "PatchDecoder", "width": width, "classes": num_classes}}
+        self.nbsupport_method = {**method, "decoder": {"kind": "PatchDecoder", "width": width, "classes": num_classes,
+                                                       **({"detail": detail} if detail else {})}}
 
     def get_classifier(self) -> nn.Module:
         """The decoder (what the classification head is for a classifier: always trained)."""
@@ -88,7 +106,7 @@ class SegmentationModel(nn.Module):
         tokens = tokens[:, self.backbone.num_prefix_tokens:]            # class, register and VPT tokens off
         gh, gw = x.shape[-2] // self.patch, x.shape[-1] // self.patch
         grid = tokens.transpose(1, 2).reshape(x.shape[0], -1, gh, gw)   # [B, D, H/p, W/p]
-        logits = self.decoder(grid)
+        logits = self.decoder(grid, x)
         if logits.shape[-2:] != x.shape[-2:]:
             logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return logits
