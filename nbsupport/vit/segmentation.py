@@ -6,8 +6,8 @@ The DVPT paper adapts a segmentation backbone (SegFormer-B4) with DVPT and train
 classification head), and a small decoder turns its patch tokens into masks:
 
 ``x [B, 3, H, W] -> backbone -> patch tokens [B, (H/p)(W/p), D] -> [B, D, H/p, W/p]
--> 1x1 conv to ``width`` (32) -> (2x upsample, 3x3 conv, GroupNorm, GELU) x log2(p) -> [B, 32, H, W]
--> concat detail stem(x) [B, 16, H, W] -> 1x1 conv -> logits [B, K, H, W]``
+-> 1x1 conv to ``width`` (32) -> (2x upsample, 3x3 conv, GroupNorm, GELU) x (log2(p) - 1) -> [B, 32, H/2, W/2]
+-> 2x bilinear -> concat detail stem(x) [B, 16, H, W] -> 1x1 conv -> logits [B, K, H, W]``
 
 (progressive upsampling, as SETR-PUP). A ViT's tokens describe 16 x 16 pixel patches: a decoder that
 sees only them paints structures thinner than a patch as blobs (a 64 px fundus has 1-2 px vessels
@@ -45,22 +45,27 @@ def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class PatchDecoder(nn.Module):
-    """Patch-token grid ``[B, D, g, g]`` -> logits ``[B, K, g * 2^n, g * 2^n]`` by ``n`` doublings;
-    with ``detail > 0`` the image ``[B, 3, g * 2^n, g * 2^n]`` also enters through the detail stem."""
+    """Patch-token grid ``[B, D, g, g]`` -> logits ``[B, K, g * 2^n, g * 2^n]`` by ``n`` doublings.
+
+    With ``detail > 0`` the image ``[B, 3, g * 2^n, g * 2^n]`` also enters through the detail stem,
+    which carries the full-resolution detail; the token path then convolves up to half resolution
+    only and is upsampled bilinearly for the last doubling (its 3x3 convolution at full resolution
+    would cost three quarters of the decoder's compute)."""
 
     def __init__(self, dim: int, num_classes: int, upsamplings: int, width: int = 32, detail: int = 0) -> None:
         super().__init__()
         self.proj = nn.Conv2d(dim, width, 1)
+        convolved = max(upsamplings - 1, 0) if detail else upsamplings
         self.stages = nn.ModuleList(
             nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), _conv_block(width, width))
-            for _ in range(upsamplings))
+            for _ in range(convolved))
         self.detail = nn.Sequential(_conv_block(3, detail), _conv_block(detail, detail)) if detail else None
         self.out = nn.Conv2d(width + detail, num_classes, 1)
 
     def forward(self, grid: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
         x = self.proj(grid)
         for stage in self.stages:
-            x = stage(x)                                                   # [B, width, H, W]
+            x = stage(x)                                                   # [B, width, H/2, W/2] with a stem
         if self.detail is not None:
             if image is None:
                 raise ValueError("this decoder has a detail stem: pass the image too")
