@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torc
                                 reason="needs torch.distributed with gloo")
 
 SD = ["sd", "--method", "unet", "--profile", "smoke", "--batch-size", "5", "--device", "cpu"]
-VIT = ["vit", "--method", "dvpt", "--profile", "smoke", "--seeds", "0", "--batch-size", "6", "--device", "cpu"]
+VIT = ["vit", "--method", "dvpt", "--profile", "smoke", "--seeds", "0", "--batch-size", "13", "--device", "cpu"]
 
 
 def _port() -> int:
@@ -129,7 +129,9 @@ def test_sd_two_processes_match_one_and_resume_after_a_kill(tmp_path, monkeypatc
 def test_classification_two_processes_match_one_and_resume_on_one_after_a_kill(tmp_path, monkeypatch):
     epochs = ["--epochs", "5", "--grad-accum", "2"]
     _in_process(VIT + epochs, tmp_path / "one", monkeypatch)
-    _finish(_torchrun(VIT + epochs, tmp_path / "two"))       # batches of 6 (last 4): 3 + 3 rows, 2 micro-batches each
+    # 40 images in batches of 13 (7 + 6 rows, 2 micro-batches each) and a last batch of 1: process 1 has
+    # no row there and computes on one with weight 0, and so does process 0 for its empty second micro-batch
+    _finish(_torchrun(VIT + epochs, tmp_path / "two"))
     one, two = _run_dir(tmp_path / "one", "classification"), _run_dir(tmp_path / "two", "classification")
     assert one.name == two.name
     assert _max_diff(one / "best.safetensors", two / "best.safetensors") < 1e-4

@@ -258,7 +258,7 @@ def _cmd_pretrain_sd(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     """``nbsupport train vit|sd``: the chapters' runs for one method; every process of a launched
     run calls this, the main one prints and writes."""
-    from nbsupport.core.distributed import is_main_process, process_device
+    from nbsupport.core.distributed import is_main_process, main_process_first, process_device
     from nbsupport.core.env import pick_device
     from nbsupport.core.profiles import get_profile
 
@@ -271,9 +271,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         methods.check_names([args.method])
         dataset = args.dataset or p.default_dataset
         seeds = args.seeds or list(p.seeds)
-        bb = experiment.make_backbone(p, num_classes=len(load_manifest(dataset).classes), weights_path=args.weights,
-                                      seed=seeds[0])
-        data = experiment.load_classification_data(dataset, p, bb)
+        with main_process_first(device):         # downloads and cache files: the main process first
+            bb = experiment.make_backbone(p, num_classes=len(load_manifest(dataset).classes),
+                                          weights_path=args.weights, seed=seeds[0])
+            data = experiment.load_classification_data(dataset, p, bb)
         rows = experiment.run_seeds(args.method, bb, data, p.name, args.chapter, device, seeds, epochs=args.epochs,
                                     train_overrides={"batch_size": args.batch_size, "grad_accum": args.grad_accum},
                                     progress=is_main_process())
@@ -285,9 +286,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         if args.method not in SD_METHODS:
             raise SystemExit(f"--method {args.method!r}: expected one of {', '.join(SD_METHODS)}")
-        data = experiment.load_text_to_image_data(args.dataset, p)
+        with main_process_first(device):         # downloads and cache files: the main process first
+            data = experiment.load_text_to_image_data(args.dataset, p)
+            components = experiment.fresh_components(p, data, args.seed, args.sd_weights)
         cfg = experiment.train_config(p, args.steps, args.batch_size, args.seed)
-        out = experiment.run_method(args.method, p, data, args.chapter, device, cfg, weights=args.sd_weights,
+        out = experiment.run_method(args.method, p, data, args.chapter, device, cfg, components=components,
                                     progress=is_main_process())
         res = out["result"]
         summary = [{"steps": res.steps, "loss_first": res.losses[0] if res.losses else None,

@@ -21,14 +21,15 @@ checkpoint written by N processes resumes under M.
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, ContextManager
+from typing import Any, ContextManager, Iterator
 
 import torch
 from torch import nn
 
-__all__ = ["Engine", "engine", "launched", "is_main_process", "process_device", "rows", "share", "raw_optimizer"]
+__all__ = ["Engine", "engine", "launched", "is_main_process", "process_device", "rows", "share", "raw_optimizer",
+           "main_process_first"]
 
 
 def launched() -> bool:
@@ -88,6 +89,7 @@ class Engine:
 
     def __post_init__(self) -> None:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.accelerator is None and self.dtype == torch.float16)
+        self._prepared: list[nn.Module] = []
 
     @property
     def is_main(self) -> bool:
@@ -103,6 +105,7 @@ class Engine:
         optimizer to step (Accelerate's wrapper handles the fp16 loss scale and accumulation)."""
         if self.accelerator is None:
             return module, optimizer
+        self._prepared.append(module)
         return self.accelerator.prepare(module, optimizer)
 
     def autocast(self) -> ContextManager:
@@ -135,7 +138,7 @@ class Engine:
         self.scaler.update()
 
     def global_sum(self, value: torch.Tensor) -> float:
-        """Sum of a scalar over the processes (a plain ``.item()`` for one process)."""
+        """Sum of a scalar over the processes (a plain ``.item()`` for one process); once per step."""
         if self.accelerator is None:
             return float(value.item())
         return float(self.accelerator.reduce(value.detach().float().reshape(1), "sum").item())
@@ -145,6 +148,11 @@ class Engine:
         loop trains several models in one process; without this each stays in memory)."""
         if self.accelerator is not None:
             self.accelerator.free_memory()
+            for module in self._prepared:       # prepare() wrapped forward in its autocast: undo it
+                if hasattr(module, "_original_forward"):
+                    module.forward = module._original_forward
+                    del module._original_forward
+            self._prepared.clear()
 
     def wait(self) -> None:
         """Barrier: the other processes wait until the main one has written its files."""
@@ -166,10 +174,40 @@ def engine(device: torch.device | str, dtype: torch.dtype | None, accum: int = 1
         return Engine(device, dtype, accum)
     try:
         from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs
+        from accelerate.state import AcceleratorState
+        from accelerate.utils import DistributedDataParallelKwargs, DistributedType, GradientAccumulationPlugin
     except ImportError as exc:  # pragma: no cover - accelerate is in the [sd] extra
         raise ImportError("a launched (multi-process) run needs Hugging Face Accelerate: pip install accelerate") from exc
     precision = {None: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-    acc = Accelerator(mixed_precision=precision, gradient_accumulation_steps=accum, cpu=device.type == "cpu",
+    state = AcceleratorState._shared_state
+    earlier = state.get("_mixed_precision", precision) if state else precision
+    if str(getattr(earlier, "value", earlier)) != precision:
+        # an earlier run of this process used another precision; Accelerate's state is a singleton
+        # (the process group, kept in PartialState, survives the reset)
+        AcceleratorState._reset_state()
+    # the plugin (not gradient_accumulation_steps=) so that a launcher's --gradient_accumulation_steps
+    # cannot silently override the count the loss weights assume
+    acc = Accelerator(mixed_precision=precision, cpu=device.type == "cpu",
+                      gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=accum),
                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+    if acc.gradient_accumulation_steps != accum:
+        raise RuntimeError(f"Accelerate accumulates over {acc.gradient_accumulation_steps} micro-batches, the "
+                           f"training config over {accum}: remove the launcher's gradient accumulation setting")
+    allowed = (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU)
+    if acc.distributed_type not in allowed:
+        raise RuntimeError(f"the book's training loops run on DDP (one process per GPU); the launcher asked for "
+                           f"{acc.distributed_type.value}: use a plain multi-GPU config (configs/accelerate-4gpu.yaml)")
     return Engine(acc.device, dtype, accum, acc.process_index, acc.num_processes, acc)
+
+
+@contextmanager
+def main_process_first(device: torch.device | str = "cpu") -> Iterator[None]:
+    """Under a launcher, let the main process run the block first (downloads, procedural data
+    written to the cache) while the others wait, then run it on the others; a no-op otherwise."""
+    if not launched():
+        yield
+        return
+    from accelerate import PartialState
+
+    with PartialState(cpu=torch.device(device).type == "cpu").main_process_first():
+        yield

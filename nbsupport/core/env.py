@@ -63,9 +63,10 @@ def pick_device(preferred: str | None = None) -> torch.device:
     if choice:
         return torch.device(choice)
     if torch.cuda.is_available():
-        if emulating_t4():
-            total = torch.cuda.get_device_properties(0).total_memory
-            torch.cuda.set_per_process_memory_fraction(min(1.0, T4_USABLE_GIB * 2**30 / total), 0)
+        if emulating_t4():           # this process's GPU (LOCAL_RANK under a launcher)
+            index = int(os.environ.get("LOCAL_RANK", "0"))
+            total = torch.cuda.get_device_properties(index).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, T4_USABLE_GIB * 2**30 / total), index)
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")

@@ -310,7 +310,7 @@ def train_sd(
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
         step_opt.zero_grad(set_to_none=True)
-        step_loss = 0.0
+        step_loss_t = torch.zeros((), device=device)
         for micro in range(cfg.grad_accum):
             k = step * cfg.grad_accum + micro                      # global micro-batch index
             epoch, pos = divmod(k, micro_per_epoch)
@@ -341,9 +341,10 @@ def train_sd(
                 with eng.autocast():
                     loss = wrapped(batch)
                 eng.backward(loss * weight if weight != 1.0 else loss)
-            step_loss += eng.global_sum(loss.detach() * (weight / eng.world)) / cfg.grad_accum
+            step_loss_t += loss.detach() * (weight / eng.world / cfg.grad_accum)
             samples += len(idx)
         eng.step(step_opt, trainable, cfg.max_grad_norm)
+        step_loss = eng.global_sum(step_loss_t)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds += time.perf_counter() - t0

@@ -328,7 +328,8 @@ def train_classifier(
                total=cfg.epochs)
     for epoch in bar:
         model.train()
-        torch.manual_seed(cfg.seed * 100_003 + epoch)
+        # dropout: one stream per process (the same masks on every process would correlate the rows)
+        torch.manual_seed(cfg.seed * 100_003 + epoch + 7_919 * eng.rank)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         losses = []
         if device.type == "cuda":
@@ -338,7 +339,7 @@ def train_classifier(
         for x, y, n_global, empty in tqdm(batches, desc=f"epoch {epoch + 1}", leave=False, disable=not progress,
                                           total=math.ceil(len(train_set) / cfg.batch_size)):
             step_opt.zero_grad(set_to_none=True)
-            batch_loss = 0.0
+            batch_loss = torch.zeros((), device=device)
             for xm, ym, weight in _micro_batches(x, y, n_global, empty, eng):
                 xm, ym = xm.to(device, non_blocking=True), ym.to(device)
                 with eng.micro(wrapped):
@@ -352,10 +353,10 @@ def train_classifier(
                             loss = F.cross_entropy(logits, ym)
                     eng.backward(loss * weight if weight != 1.0 else loss)
                 # the global batch's mean loss: each micro-batch's mean, weighted by its share of the batch
-                batch_loss += eng.global_sum(loss.detach() * (weight / (eng.world * eng.accum)))
+                batch_loss += loss.detach() * (weight / (eng.world * eng.accum))
             eng.step(step_opt, params, cfg.grad_clip)
             sched.step()
-            losses.append(batch_loss)
+            losses.append(eng.global_sum(batch_loss))
             steps_done += 1
             images_done += n_global
         if device.type == "cuda":
@@ -392,7 +393,7 @@ def train_classifier(
                 named[k].copy_(v.to(named[k].device))
         if ckpt is not None and eng.is_main and not (ckpt / "best.safetensors").exists():
             save_trainable(model, ckpt / "best.safetensors", {"epoch": best_epoch, "val": best_val})
-        eng.wait()
+    eng.wait()                                      # every process, whatever its branch
     if finished and test_set is not None:
         test = evaluate(model, test_set, device, num_classes, cfg.eval_batch_size, cfg.amp, multi)
     peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
