@@ -114,3 +114,21 @@ def test_the_repository_url_is_one_setting():
     for nb in sorted((root / "notebooks").glob("*.ipynb")):
         text = nb.read_text()
         assert "REPO_URL" not in text or f'REPO_URL = \\"{url}\\"' in text, nb.name
+
+
+def test_smoke_pages_label_results_but_not_drawings_or_committed_benchmarks(tmp_path):
+    import nbformat
+
+    from nbsupport.book.runner import SMOKE_LABEL, _prepare_page
+
+    png = {"output_type": "display_data", "metadata": {}, "data": {"image/png": "iVBORw0KGgo=", "text/plain": "fig"}}
+    nb = nbformat.v4.new_notebook()
+    for tags in ([], ["diagram"], ["benchmark"]):
+        cell = nbformat.v4.new_code_cell("plot()", metadata={"tags": list(tags)})
+        cell.outputs = [nbformat.from_dict(png)]
+        nb.cells.append(cell)
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    _prepare_page(tmp_path / "in.ipynb", tmp_path / "out.ipynb", smoke=True)
+    cells = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells
+    labelled = [any(SMOKE_LABEL in str(o.get("data", {})) for o in c.outputs) for c in cells]
+    assert labelled == [True, False, False]

@@ -176,7 +176,8 @@ def _smoke_note() -> dict[str, Any]:
 def _prepare_page(src: Path, dst: Path, smoke: bool) -> None:
     """Copy an executed chapter for the website: papermill's injected-parameters cell is removed,
     and at a random-weights profile every figure and table gets the "smoke: not a result" label
-    (except cells tagged ``diagram``: drawings, not results)."""
+    (except cells tagged ``diagram``, drawings, and ``benchmark``, committed measurements from
+    ``benchmarks/results`` that do not depend on this build's profile)."""
     import nbformat
 
     nb = nbformat.read(src, as_version=4)
@@ -184,7 +185,7 @@ def _prepare_page(src: Path, dst: Path, smoke: bool) -> None:
         tags = cell.metadata.setdefault("tags", [])
         if "injected-parameters" in tags and "remove-cell" not in tags:
             tags.append("remove-cell")
-        if smoke and cell.cell_type == "code" and "diagram" not in tags:     # diagrams are drawings, not results
+        if smoke and cell.cell_type == "code" and not {"diagram", "benchmark"} & set(tags):
             outputs = []
             for out in cell.get("outputs", []):
                 outputs.append(out)
