@@ -4,6 +4,7 @@ included), export and hash-checked loading."""
 from __future__ import annotations
 
 import json
+import types
 import warnings
 
 import numpy as np
@@ -96,6 +97,8 @@ def test_pretraining_resumes_to_the_same_weights_and_exports(tmp_path):
     assert whole["finished"] and whole["vae"]["step"] == cfg.vae_steps and whole["diffusion"]["step"] == cfg.steps
     ev = whole["diffusion"]["evaluations"]
     assert [e["step"] for e in ev] == [2, cfg.steps] and all(np.isfinite(e["fid_pocket_vit"]) for e in ev)
+    vae_ev = StepCheckpoints(tmp_path / "whole" / cfg.key).load("vae")[1]["evaluation"]   # kept in the manifest
+    assert vae_ev == whole["vae"]["evaluation"] and vae_ev["n_real"] == cfg.holdout and vae_ev["psnr_db"] > 0
     calls = 0
     while True:                                      # "interrupted" after every step
         calls += 1
@@ -113,6 +116,7 @@ def test_pretraining_resumes_to_the_same_weights_and_exports(tmp_path):
 
     out = tmp_path / "pocket-fundus-sd.safetensors"
     rec = sdp.export_pocket(whole["run_dir"], out, {"note": "smoke"})
+    assert rec["vae"]["evaluation"] == vae_ev
     assert json.loads(out.with_suffix(".json").read_text())["sha256"] == rec["sha256"]
     loaded = pocket.load_pocket(out, expected_sha256=rec["sha256"])
     assert loaded.weights == f"pretrained:pocket-fundus-sd@sha256:{rec['sha256'][:16]}"
@@ -125,6 +129,38 @@ def test_pretraining_resumes_to_the_same_weights_and_exports(tmp_path):
         pocket.load_pocket(out, expected_sha256="0" * 64)
     with pytest.raises(WeightsUnavailableError, match="missing"):
         pocket.load_pocket(tmp_path / "nope.safetensors")
+
+
+class _Identity(torch.nn.Module):
+    """A perfect 'VAE': the latent is the image."""
+
+    def encode(self, x):
+        return types.SimpleNamespace(latent_dist=types.SimpleNamespace(mean=x))
+
+    def decode(self, z):
+        return types.SimpleNamespace(sample=z)
+
+
+class _Blur(_Identity):
+    """A VAE that keeps only a quarter-resolution image (what the first pocket VAE amounted to)."""
+
+    def decode(self, z):
+        small = torch.nn.functional.avg_pool2d(z, 4)
+        return types.SimpleNamespace(sample=torch.nn.functional.interpolate(small, scale_factor=4, mode="bilinear"))
+
+
+def test_vae_evaluation_separates_a_perfect_round_trip_from_a_blurring_one():
+    from nbsupport.data.corpus import CorpusSpec, corpus_labels, load_corpus
+
+    spec = CorpusSpec(n=96)
+    images, _ = load_corpus(spec, workers=1, progress=False)
+    grades, eyes, _ = corpus_labels(spec)
+    perfect = sdp.evaluate_vae(_Identity(), images, grades, eyes)
+    assert perfect["psnr_db"] > 100                                  # lossless up to uint8 rounding
+    assert perfect["eye_accuracy_recon"] == perfect["eye_accuracy_real"]
+    assert perfect["grade_qwk_recon"] == perfect["grade_qwk_real"]
+    blurred = sdp.evaluate_vae(_Blur(), images, grades, eyes)
+    assert 15 < blurred["psnr_db"] < 40 and blurred["eye_accuracy_real"] == perfect["eye_accuracy_real"]
 
 
 def test_the_shipped_pocket_sd_loads_offline_or_says_it_is_not_shipped():

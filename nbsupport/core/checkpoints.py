@@ -127,6 +127,11 @@ class StepCheckpoints:
             if old.name not in keep:
                 old.unlink(missing_ok=True)
 
+    def update_state(self, stage: str, state: dict[str, Any]) -> None:
+        """Replace the published checkpoint's state (atomically; its files stay as they are)."""
+        manifest = json.loads((self.root / f"{stage}.json").read_text(encoding="utf-8"))
+        write_json(self.root / f"{stage}.json", {**manifest, "state": state})
+
     def _fix(self) -> str:
         return f"delete {self.root} to start this run afresh (or restore the folder from a backup)"
 

@@ -4,9 +4,14 @@ Stable Diffusion was trained in two stages (an autoencoder, then a text-conditio
 in its latent space), on billions of captioned web images. The pocket recipe does the same on the
 pocket ViT's corpus (:mod:`nbsupport.data.corpus`: procedural eyes from the *source* cameras):
 
-1. **VAE** (``AutoencoderKL``): L1 reconstruction + a small KL term (SD: 1e-6; no perceptual or
-   adversarial loss at this scale). Afterwards the latents' scale is measured and stored as the
-   VAE's ``scaling_factor`` (SD's 0.18215 was found the same way).
+1. **VAE** (``AutoencoderKL``): L1 reconstruction + a small KL term, weighted as in SD (1e-6,
+   with the L1 summed over an image's pixels and the KL over its latent; no perceptual or
+   adversarial loss at this scale). The first recipe took the L1's *mean* but the KL's sum, a
+   KL 12,288 times stronger than SD's: its posterior noise (std 0.27 against a latent spread of
+   0.95) left room for about 2 bits per latent value, and reconstructions lost every vessel and
+   lesion. Afterwards the latents' scale is measured and stored as the VAE's ``scaling_factor``
+   (SD's 0.18215 was found the same way), and :func:`evaluate_vae` measures what survives the
+   round trip (PSNR, and whether the pocket ViT's probes still read eye side and grade).
 2. **UNet + text encoder** jointly, denoising the frozen VAE's latents with the pocket scheduler
    (:data:`nbsupport.sd.pocket.POCKET_SD`: SD's betas rescaled to zero terminal SNR, v-prediction,
    as Lin et al. 2024 recommend; the first recipe, SD 1.5's epsilon schedule, made a model that
@@ -50,7 +55,7 @@ from nbsupport.sd.train import training_target
 from nbsupport.sd.pocket import POCKET_SD, build_pocket
 
 __all__ = ["SDPretrainConfig", "source_caption", "pretrain_sd", "export_pocket", "evaluate_pocket",
-           "evaluation_prompts"]
+           "evaluate_vae", "evaluation_prompts", "probe_reference", "guidance_sweep"]
 
 
 def source_caption(grade: int, eye: str) -> str:
@@ -65,7 +70,9 @@ class SDPretrainConfig:
     Attributes:
         corpus: the source-domain corpus (shared with the pocket ViT).
         holdout: last images of the corpus kept out of training (evaluation's real reference).
-        vae_steps, vae_batch, vae_lr, kl_weight: stage 1.
+        vae_steps, vae_batch, vae_lr: stage 1.
+        kl_weight: the KL term's weight against the L1 *summed* over an image's pixels (SD's
+            scale; the loss divides it by the pixel count, as the L1 is a mean).
         steps, batch_size, lr, warmup_steps: stage 2 (UNet and text encoder share the rate).
         cond_drop: probability of training on the empty caption (for classifier-free guidance).
         ema_decay: decay of the weights' moving average (what ships).
@@ -104,7 +111,8 @@ class SDPretrainConfig:
 
     @property
     def key(self) -> str:
-        return run_key("pocket-sd-v1", asdict(self), POCKET_SD)
+        # v3: the KL weighted per pixel as in SD (v1/v2 weighted it per image mean: 12,288x stronger)
+        return run_key("pocket-sd-v3", asdict(self), POCKET_SD)
 
 
 def _lr(step: int, cfg: SDPretrainConfig, peak: float, steps: int) -> float:
@@ -190,7 +198,7 @@ def _train_vae(comp: SDComponents, images: np.ndarray, cfg: SDPretrainConfig, ru
         dist = vae.encode(x).latent_dist
         z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=gen).to(device)
         recon = vae.decode(z).sample
-        loss = F.l1_loss(recon, x) + cfg.kl_weight * dist.kl().mean()
+        loss = F.l1_loss(recon, x) + cfg.kl_weight * dist.kl().mean() / x[0].numel()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -265,6 +273,12 @@ def pretrain_sd(cfg: SDPretrainConfig, out_dir: str | Path | None = None, device
     out: dict[str, Any] = {"vae": vae_state, "diffusion": None, "run_dir": str(run.root), "finished": False}
     if vae_state["step"] < cfg.vae_steps or (vae_ran and time.perf_counter() >= deadline):
         return out
+    if "evaluation" not in vae_state:            # once, on held-out eyes; kept in the stage's state
+        vae_state["evaluation"] = evaluate_vae(comp.vae, images[-cfg.holdout:], grades[-cfg.holdout:],
+                                               eyes[-cfg.holdout:], device)
+        run.update_state("vae", vae_state)
+        if progress:
+            print(f"VAE round trip on held-out eyes: {vae_state['evaluation']}")
 
     # ---- latents of the training images under the finished VAE (cached in the run directory)
     vae = comp.vae.requires_grad_(False)
@@ -356,6 +370,41 @@ def _probe_features(images: np.ndarray, device: torch.device) -> np.ndarray:
 
     vit = create_vit("pocket-fundus-vit", pretrained=True, num_classes=0, img_size=images.shape[1]).to(device)
     return token_features(vit, images, POCKET_MEAN, POCKET_STD)["cls"]
+
+
+@torch.no_grad()
+def evaluate_vae(vae: nn.Module, real: np.ndarray, grades: np.ndarray, eyes: list[str],
+                 device: torch.device | str = "cpu", batch: int = 250) -> dict[str, float]:
+    """What survives the VAE's round trip (encode to the posterior mean, decode) of ``real`` uint8
+    images ``[N, S, S, 3]``: PSNR (dB, mean over images), and how well the pocket ViT's probes,
+    fitted on the first half's *real* images, read eye side and grade from the second half's
+    reconstructions and from the same real images (the ceiling). A VAE that blurs lesions away
+    caps every sample's grade agreement, however good the UNet."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import cohen_kappa_score
+
+    device = torch.device(device)
+    was = vae.training
+    vae.eval()
+    recon = []
+    for i in range(0, len(real), batch):
+        x = _pixels(real[i:i + batch], device)
+        y = vae.decode(vae.encode(x).latent_dist.mean).sample
+        recon.append(((y.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+    vae.train(was)
+    recon = np.concatenate(recon)
+    mse = ((recon.astype(np.float64) - real.astype(np.float64)) ** 2).reshape(len(real), -1).mean(1)
+    fr, fc = _probe_features(real, device), _probe_features(recon, device)
+    right, grades = np.array([e == "right" for e in eyes]), np.asarray(grades)
+    h = len(fr) // 2
+    eye = LogisticRegression(max_iter=2000).fit(fr[:h], right[:h])
+    grade = LogisticRegression(max_iter=2000).fit(fr[:h], grades[:h])
+    return {"psnr_db": float(np.mean(10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10)))),
+            "eye_accuracy_recon": float((eye.predict(fc[h:]) == right[h:]).mean()),
+            "eye_accuracy_real": float((eye.predict(fr[h:]) == right[h:]).mean()),
+            "grade_qwk_recon": float(cohen_kappa_score(grades[h:], grade.predict(fc[h:]), weights="quadratic")),
+            "grade_qwk_real": float(cohen_kappa_score(grades[h:], grade.predict(fr[h:]), weights="quadratic")),
+            "n_real": int(len(real))}
 
 
 def probe_reference(real: np.ndarray, grades: np.ndarray, eyes: list[str],
