@@ -51,11 +51,13 @@ def _summary(rec: dict[str, Any] | None) -> dict[str, Any]:
     if rec is None:
         return {"record": None}
     metrics = rec.get("metrics", {})
+    by_method = {f"{k}_by_method": {m: [v.get(f"test_{k}"), v.get(f"test_{k}_std")]
+                                    for m, v in metrics.get("methods", {}).items() if isinstance(v, dict) and f"test_{k}" in v}
+                 for k in ("kappa", "dice")}
     return {"record_wall_s": rec.get("wall_time_s"), "weights": rec.get("weights"), "dataset": rec.get("dataset"),
             "seeds": rec.get("params", {}).get("seeds"),
             "headline": {k: metrics[k] for k in HEADLINE if k in metrics},
-            "kappa_by_method": {m: [v.get("test_kappa"), v.get("test_kappa_std")]
-                                for m, v in metrics.get("methods", {}).items() if isinstance(v, dict)}}
+            **{k: v for k, v in by_method.items() if v}}
 
 
 def main() -> None:

@@ -45,6 +45,8 @@ def test_table_formats_every_cell_and_labels_columns():
     assert out.loc["Full"].tolist() == ["0.784 ± 0.010", "85,802,501", "100 %", "1.5e-03", "a"]
     assert out.loc["DVPT"].tolist() == ["0.710", "3,845", "0.0045 %", "3.0e-04", "–"]
     assert "nan" not in fmt.table(df).to_html().lower()
+    seeds = pd.DataFrame({"seeds": [3.0, 2.0]})                   # a mean over seeds makes the count a float
+    assert fmt.table(seeds).data["seeds"].tolist() == ["3", "2"]
 
 
 def test_table_names_a_missing_column():

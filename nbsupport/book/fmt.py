@@ -95,7 +95,7 @@ def table(df: "Any", columns: Sequence[str] | None = None, mean_std: Iterable[st
         columns: which columns to show, in order (default: all); a ``<c>_std`` column next to a
             ``mean_std`` column is folded into it and need not be listed.
         mean_std: columns shown as ``mean ± std`` with their ``<c>_std`` companion.
-        counts: integer columns (thousands separators).
+        counts: integer columns (thousands separators); ``seeds`` always is one.
         percents: columns shown as percentages; a mapping gives each one's scale (values already in
             percent: 1; fractions: 100). A plain list means already in percent.
         sci: columns in scientific notation with 2 significant digits (learning rates: ``1.5e-03``).
@@ -110,7 +110,7 @@ def table(df: "Any", columns: Sequence[str] | None = None, mean_std: Iterable[st
 
     if isinstance(df, pd.Series):
         df = df.to_frame()
-    ms, cnt, sc = list(mean_std), set(counts), set(sci)
+    ms, cnt, sc = list(mean_std), set(counts) | {"seeds"}, set(sci)      # a seed count is always a count
     pct = dict(percents) if isinstance(percents, Mapping) else {c: 1.0 for c in percents}
     cols = list(columns) if columns is not None else [c for c in df.columns
                                                         if not (c.endswith("_std") and c[:-4] in ms)]
