@@ -170,6 +170,13 @@ def test_the_shipped_pocket_sd_loads_offline_or_says_it_is_not_shipped():
         return
     c = pocket.load_pocket()
     assert c.weights.startswith("pretrained:pocket-fundus-sd@sha256:" + pocket.POCKET_SD_SHA256[:16])
+    record = pocket.shipped_record()
+    assert record["sha256"] == pocket.POCKET_SD_SHA256
+    assert record["vae"]["evaluation"]["n_real"] > 0 and record["diffusion"]["evaluations"]
+    # the cpu profile samples at the guidance the record's rule chose on the source domain
+    from nbsupport.core.profiles import get_profile
+
+    assert get_profile("cpu").sd_guidance == record["guidance_sweep"]["chosen"]
 
 
 def test_a_damaged_checkpoint_names_its_folder(tmp_path):
