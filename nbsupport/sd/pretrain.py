@@ -51,7 +51,7 @@ from nbsupport.core.paths import cache_dir
 from nbsupport.data.corpus import CorpusSpec, corpus_labels, load_corpus
 from nbsupport.data.fundus import GRADE_NAMES
 from nbsupport.sd.models import SDComponents
-from nbsupport.sd.train import training_target
+from nbsupport.sd.train import prompt_ids, training_target
 from nbsupport.sd.pocket import POCKET_SD, build_pocket
 
 __all__ = ["SDPretrainConfig", "source_caption", "pretrain_sd", "export_pocket", "evaluate_pocket",
@@ -297,8 +297,7 @@ def pretrain_sd(cfg: SDPretrainConfig, out_dir: str | Path | None = None, device
     # ---- stage 2: UNet + text encoder
     unet, text, tok = comp.unet.to(device), comp.text_encoder.to(device), comp.tokenizer
     unique = sorted(set(captions)) + [""]
-    ids = tok(unique, padding="max_length", max_length=tok.model_max_length, truncation=True,
-              return_tensors="pt").input_ids.to(device)
+    ids = prompt_ids(tok, unique).to(device)
     caption_index = torch.tensor([unique.index(c) for c in captions])
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)
     params = list(unet.parameters()) + list(text.parameters())

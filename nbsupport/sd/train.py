@@ -32,7 +32,7 @@ from nbsupport.core.distributed import engine, raw_optimizer, share
 from nbsupport.sd.methods import SD_METHODS, prepare, save_trainable, trainable_state
 from nbsupport.sd.models import SDComponents
 
-__all__ = ["SDTrainConfig", "SDTrainResult", "train_sd", "encode_prompts", "make_optimizer", "denoising_loss",
+__all__ = ["SDTrainConfig", "SDTrainResult", "train_sd", "encode_prompts", "prompt_ids", "make_optimizer", "denoising_loss",
            "run_sd_method", "training_target"]
 
 
@@ -93,12 +93,15 @@ class SDTrainResult:
         return asdict(self)
 
 
+def prompt_ids(tokenizer: Any, prompts: list[str]) -> torch.Tensor:
+    """Token ids ``[B, 77]`` of ``prompts``, padded and truncated to the tokenizer's length (as SD)."""
+    return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
 def encode_prompts(components: SDComponents, prompts: list[str], device: torch.device) -> torch.Tensor:
     """Text-encoder hidden states ``[B, 77, C]`` for a list of prompts."""
-    tok = components.tokenizer
-    ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-              return_tensors="pt").input_ids.to(device)
-    return components.text_encoder(ids)[0]
+    return components.text_encoder(prompt_ids(components.tokenizer, prompts).to(device))[0]
 
 
 def make_optimizer(groups: list[dict[str, Any]], cfg: SDTrainConfig, device: torch.device) -> tuple[torch.optim.Optimizer, list[str]]:
@@ -333,9 +336,7 @@ def train_sd(
             if cache_text:
                 batch["emb"] = torch.stack([text_cache[it["caption"]] for it in items])
             else:
-                tok = components.tokenizer
-                batch["ids"] = tok([it["caption"] for it in items], padding="max_length", truncation=True,
-                                   max_length=tok.model_max_length, return_tensors="pt").input_ids
+                batch["ids"] = prompt_ids(components.tokenizer, [it["caption"] for it in items])
             weight = share(len(mine), len(idx), eng.world, 1, empty)
             with eng.micro(wrapped):
                 with eng.autocast():
