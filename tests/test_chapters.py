@@ -29,6 +29,9 @@ def test_toc_lists_every_notebook():
 
 @pytest.mark.parametrize("nb_path", CHAPTERS, ids=lambda p: p.stem)
 def test_chapter_is_clean_and_parameterised(nb_path):
+    raw = json.loads(nb_path.read_text(encoding="utf-8"))      # nbformat.read would invent missing ids
+    ids = [c.get("id") for c in raw["cells"]]
+    assert None not in ids and len(set(ids)) == len(ids), f"{nb_path.name}: a cell without an id, or a repeated id"
     nb = nbformat.read(nb_path, as_version=4)
     for cell in nb.cells:
         if cell.cell_type == "code":

@@ -115,8 +115,11 @@ def test_pretraining_resumes_to_the_same_weights_and_exports(tmp_path):
     assert len(list((tmp_path / "split" / cfg.key).glob("diffusion-*.safetensors"))) == 2   # weights + optimizer
 
     out = tmp_path / "pocket-fundus-sd.safetensors"
-    rec = sdp.export_pocket(whole["run_dir"], out, {"note": "smoke"})
+    rec = sdp.export_pocket(whole["run_dir"], out, {"note": "smoke"}, cfg=cfg)
     assert rec["vae"]["evaluation"] == vae_ev
+    assert rec["probe_reference"]["n_real"] == cfg.holdout                # the exported file, evaluated
+    sweep = rec["guidance_sweep"]
+    assert sweep["chosen"] in [r["guidance"] for r in sweep["rows"]] and len(sweep["rows"]) == 4
     assert json.loads(out.with_suffix(".json").read_text())["sha256"] == rec["sha256"]
     loaded = pocket.load_pocket(out, expected_sha256=rec["sha256"])
     assert loaded.weights == f"pretrained:pocket-fundus-sd@sha256:{rec['sha256'][:16]}"
@@ -134,17 +137,24 @@ def test_pretraining_resumes_to_the_same_weights_and_exports(tmp_path):
 class _Identity(torch.nn.Module):
     """A perfect 'VAE': the latent is the image."""
 
-    def encode(self, x):
+    def encode(self, x: torch.Tensor) -> types.SimpleNamespace:
         return types.SimpleNamespace(latent_dist=types.SimpleNamespace(mean=x))
 
-    def decode(self, z):
+    def decode(self, z: torch.Tensor) -> types.SimpleNamespace:
         return types.SimpleNamespace(sample=z)
 
 
-class _Blur(_Identity):
-    """A VAE that keeps only a quarter-resolution image (what the first pocket VAE amounted to)."""
+class _Mirror(_Identity):
+    """A VAE that returns the mirror image: a left eye comes back as a right one."""
 
-    def decode(self, z):
+    def decode(self, z: torch.Tensor) -> types.SimpleNamespace:
+        return types.SimpleNamespace(sample=z.flip(-1))
+
+
+class _Blur(_Identity):
+    """A VAE that keeps only a quarter-resolution image."""
+
+    def decode(self, z: torch.Tensor) -> types.SimpleNamespace:
         small = torch.nn.functional.avg_pool2d(z, 4)
         return types.SimpleNamespace(sample=torch.nn.functional.interpolate(small, scale_factor=4, mode="bilinear"))
 
@@ -161,6 +171,8 @@ def test_vae_evaluation_separates_a_perfect_round_trip_from_a_blurring_one():
     assert perfect["grade_qwk_recon"] == perfect["grade_qwk_real"]
     blurred = sdp.evaluate_vae(_Blur(), images, grades, eyes)
     assert 15 < blurred["psnr_db"] < 40 and blurred["eye_accuracy_real"] == perfect["eye_accuracy_real"]
+    mirrored = sdp.evaluate_vae(_Mirror(), images, grades, eyes)       # the probes read the reconstructions
+    assert mirrored["eye_accuracy_recon"] < 0.2 < 0.8 < mirrored["eye_accuracy_real"]
 
 
 def test_the_shipped_pocket_sd_loads_offline_or_says_it_is_not_shipped():
@@ -190,6 +202,23 @@ def test_a_damaged_checkpoint_names_its_folder(tmp_path):
     path.write_bytes(path.read_bytes()[:20])                                # truncated
     with pytest.raises(CheckpointError, match=str(tmp_path / "run")):
         ck.load("stage")
+
+
+def test_updating_a_checkpoints_state_keeps_its_tensors_and_optimizer(tmp_path):
+    ck = StepCheckpoints(tmp_path / "run")
+    with pytest.raises(CheckpointError, match="no readable 'stage' checkpoint"):
+        ck.update_state("stage", {"step": 0})
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.AdamW([w], lr=0.1)
+    w.grad = torch.ones(3)
+    opt.step()
+    ck.save("stage", {"w": w.detach()}, opt, {"step": 1}, 1)
+    ck.update_state("stage", {"step": 1, "evaluation": {"psnr_db": 30.0}})
+    w2 = torch.nn.Parameter(torch.zeros(3))
+    opt2 = torch.optim.AdamW([w2], lr=0.1)
+    tensors, state = ck.load("stage", opt=opt2)
+    assert state == {"step": 1, "evaluation": {"psnr_db": 30.0}} and torch.equal(tensors["w"], w.detach())
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
 
 
 def test_a_kill_before_the_manifest_is_written_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -250,7 +250,7 @@ def _cmd_pretrain_sd(args: argparse.Namespace) -> int:
         print("not finished: run the same command again to resume")
         return 0
     if args.export:
-        rec = pt.export_pocket(res["run_dir"], args.export)
+        rec = pt.export_pocket(res["run_dir"], args.export, cfg=cfg, eval_device=args.device)
         print(f"exported {args.export} (sha256 {rec['sha256']})")
     return 0
 

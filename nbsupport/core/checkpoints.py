@@ -129,7 +129,11 @@ class StepCheckpoints:
 
     def update_state(self, stage: str, state: dict[str, Any]) -> None:
         """Replace the published checkpoint's state (atomically; its files stay as they are)."""
-        manifest = json.loads((self.root / f"{stage}.json").read_text(encoding="utf-8"))
+        try:
+            manifest = json.loads((self.root / f"{stage}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"no readable {stage!r} checkpoint in {self.root} to update "
+                                  f"({exc.__class__.__name__}: {str(exc)[:200]}); {self._fix()}") from exc
         write_json(self.root / f"{stage}.json", {**manifest, "state": state})
 
     def _fix(self) -> str:

@@ -8,8 +8,8 @@ pocket ViT's corpus (:mod:`nbsupport.data.corpus`: procedural eyes from the *sou
    with the L1 summed over an image's pixels and the KL over its latent; no perceptual or
    adversarial loss at this scale). The first recipe took the L1's *mean* but the KL's sum, a
    KL 12,288 times stronger than SD's: its posterior noise (std 0.27 against a latent spread of
-   0.95) left room for about 2 bits per latent value, and reconstructions lost every vessel and
-   lesion. Afterwards the latents' scale is measured and stored as the VAE's ``scaling_factor``
+   0.95) left room for about 2 bits per latent value, and reconstructions lost most vessels and
+   lesions (``benchmarks/pocket_vae_round_trip.py`` measures both VAEs). Afterwards the latents' scale is measured and stored as the VAE's ``scaling_factor``
    (SD's 0.18215 was found the same way), and :func:`evaluate_vae` measures what survives the
    round trip (PSNR, and whether the pocket ViT's probes still read eye side and grade).
 2. **UNet + text encoder** jointly, denoising the frozen VAE's latents with the pocket scheduler
@@ -479,10 +479,16 @@ def guidance_sweep(comp: SDComponents, real: np.ndarray, grades: np.ndarray, eye
 
 
 def export_pocket(run_dir: str | Path, out: str | Path, extra: dict[str, Any] | None = None,
-                  device: str | None = None) -> dict[str, Any]:
+                  device: str | None = None, cfg: SDPretrainConfig | None = None,
+                  eval_device: str | torch.device | None = None) -> dict[str, Any]:
     """Write a finished run's VAE and EMA UNet/text encoder as one fp16 safetensors at ``out`` and
     its record at ``out.json`` (sha256, recipe, loss curves, evaluations, ``extra``). ``device``
-    names the machine that trained it where the run's own state does not (runs before it was recorded)."""
+    names the machine that trained it where the run's own state does not (runs before it was recorded).
+
+    With the run's ``cfg``, the exported file itself is evaluated on the recipe's held-out source
+    eyes and the record gains ``probe_reference`` (what the probes read from real eyes) and
+    ``guidance_sweep`` (the guidance scale the ``cpu`` profile samples with, chosen by its rule).
+    """
     from nbsupport.vit.backbones import sha256_of
 
     run, out = StepCheckpoints(run_dir), Path(out)
@@ -503,5 +509,14 @@ def export_pocket(run_dir: str | Path, out: str | Path, extra: dict[str, Any] | 
     tmp.replace(out)
     record = {"name": out.stem, "sha256": sha256_of(out), "bytes": out.stat().st_size, "dtype": "float16",
               "architecture": POCKET_SD, "vae": vae_state, "diffusion": diff_state, **(extra or {})}
+    if cfg is not None:
+        from nbsupport.sd.pocket import load_pocket
+
+        images, _ = load_corpus(cfg.corpus, workers=min(16, os.cpu_count() or 1), progress=False)
+        grades, eyes, _ = corpus_labels(cfg.corpus)
+        real, g, e = images[-cfg.holdout:], np.asarray(grades[-cfg.holdout:]), list(eyes[-cfg.holdout:])
+        eval_device = eval_device or ("cuda" if torch.cuda.is_available() else "cpu")
+        record["probe_reference"] = probe_reference(real, g, e, eval_device)
+        record["guidance_sweep"] = guidance_sweep(load_pocket(out), real, g, e, cfg, device=eval_device)
     write_json(out.with_suffix(".json"), record, indent=1)
     return record
