@@ -7,8 +7,8 @@ pocket ViT's corpus (:mod:`nbsupport.data.corpus`: procedural eyes from the *sou
 1. **VAE** (``AutoencoderKL``): L1 reconstruction + a small KL term, weighted as in SD (1e-6,
    with the L1 summed over an image's pixels and the KL over its latent; no perceptual or
    adversarial loss at this scale). The first recipe took the L1's *mean* but the KL's sum, a
-   KL 12,288 times stronger than SD's: its posterior noise (std 0.27 against a latent spread of
-   0.95) left room for about 2 bits per latent value, and reconstructions lost most vessels and
+   KL 12,288 times stronger than SD's: its posterior noise (std 0.31 against a latent spread of
+   0.96) left room for under 2 bits per latent value, and reconstructions lost most vessels and
    lesions (``benchmarks/pocket_vae_round_trip.py`` measures both VAEs). Afterwards the latents' scale is measured and stored as the VAE's ``scaling_factor``
    (SD's 0.18215 was found the same way), and :func:`evaluate_vae` measures what survives the
    round trip (PSNR, and whether the pocket ViT's probes still read eye side and grade).
