@@ -10,8 +10,9 @@ pocket ViT's corpus (:mod:`nbsupport.data.corpus`: procedural eyes from the *sou
    KL 12,288 times stronger than SD's: its posterior noise (std 0.31 against a latent spread of
    0.96) left room for under 2 bits per latent value, and reconstructions lost most vessels and
    lesions (``benchmarks/pocket_vae_round_trip.py`` measures both VAEs). Afterwards the latents'
-   scale is measured and stored as the VAE's ``scaling_factor`` (SD's 0.18215 was found the same way), and :func:`evaluate_vae` measures what survives the
-   round trip (PSNR, and whether the pocket ViT's probes still read eye side and grade).
+   scale is measured and stored as the VAE's ``scaling_factor`` (SD's 0.18215 was found the same
+   way), and :func:`evaluate_vae` measures what survives the round trip (PSNR, and whether the
+   pocket ViT's probes still read eye side and grade).
 2. **UNet + text encoder** jointly, denoising the frozen VAE's latents with the pocket scheduler
    (:data:`nbsupport.sd.pocket.POCKET_SD`: SD's betas rescaled to zero terminal SNR, v-prediction,
    as Lin et al. 2024 recommend; the first recipe, SD 1.5's epsilon schedule, made a model that
