@@ -372,6 +372,18 @@ def _probe_features(images: np.ndarray, device: torch.device) -> np.ndarray:
     return token_features(vit, images, POCKET_MEAN, POCKET_STD)["cls"]
 
 
+def _half_probes(features: np.ndarray, eyes: list[str], grades: np.ndarray) -> tuple[Any, Any, np.ndarray, np.ndarray, int]:
+    """Eye-side and grade probes (logistic regressions) fitted on the first half of real images'
+    features ``[N, D]``; returns them, the labels (``right`` as bool, grades) and the half ``h``."""
+    from sklearn.linear_model import LogisticRegression
+
+    right, grades = np.array([e == "right" for e in eyes]), np.asarray(grades)
+    h = len(features) // 2
+    eye = LogisticRegression(max_iter=2000).fit(features[:h], right[:h])
+    grade = LogisticRegression(max_iter=2000).fit(features[:h], grades[:h])
+    return eye, grade, right, grades, h
+
+
 @torch.no_grad()
 def evaluate_vae(vae: nn.Module, real: np.ndarray, grades: np.ndarray, eyes: list[str],
                  device: torch.device | str = "cpu", batch: int = 250) -> dict[str, float]:
@@ -380,7 +392,6 @@ def evaluate_vae(vae: nn.Module, real: np.ndarray, grades: np.ndarray, eyes: lis
     fitted on the first half's *real* images, read eye side and grade from the second half's
     reconstructions and from the same real images (the ceiling). A VAE that blurs lesions away
     caps every sample's grade agreement, however good the UNet."""
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import cohen_kappa_score
 
     device = torch.device(device)
@@ -395,10 +406,7 @@ def evaluate_vae(vae: nn.Module, real: np.ndarray, grades: np.ndarray, eyes: lis
     recon = np.concatenate(recon)
     mse = ((recon.astype(np.float64) - real.astype(np.float64)) ** 2).reshape(len(real), -1).mean(1)
     fr, fc = _probe_features(real, device), _probe_features(recon, device)
-    right, grades = np.array([e == "right" for e in eyes]), np.asarray(grades)
-    h = len(fr) // 2
-    eye = LogisticRegression(max_iter=2000).fit(fr[:h], right[:h])
-    grade = LogisticRegression(max_iter=2000).fit(fr[:h], grades[:h])
+    eye, grade, right, grades, h = _half_probes(fr, eyes, grades)
     return {"psnr_db": float(np.mean(10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10)))),
             "eye_accuracy_recon": float((eye.predict(fc[h:]) == right[h:]).mean()),
             "eye_accuracy_real": float((eye.predict(fr[h:]) == right[h:]).mean()),
@@ -411,14 +419,10 @@ def probe_reference(real: np.ndarray, grades: np.ndarray, eyes: list[str],
                     device: torch.device | str = "cpu") -> dict[str, float]:
     """How well the evaluation's probes read side and grade from *real* images they were not fitted
     on (fitted on the first half of ``real``, scored on the second): the ceiling for samples."""
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import cohen_kappa_score
 
     fr = _probe_features(real, torch.device(device))
-    right, grades = np.array([e == "right" for e in eyes]), np.asarray(grades)
-    h = len(fr) // 2
-    eye = LogisticRegression(max_iter=2000).fit(fr[:h], right[:h])
-    grade = LogisticRegression(max_iter=2000).fit(fr[:h], grades[:h])
+    eye, grade, right, grades, h = _half_probes(fr, eyes, grades)
     return {"eye_accuracy_real": float((eye.predict(fr[h:]) == right[h:]).mean()),
             "grade_qwk_real": float(cohen_kappa_score(grades[h:], grade.predict(fr[h:]), weights="quadratic")),
             "n_real": int(len(fr))}
