@@ -134,3 +134,25 @@ def test_smoke_pages_label_results_but_not_drawings_or_committed_benchmarks(tmp_
     cells = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells
     labelled = [any(SMOKE_LABEL in str(o.get("data", {})) for o in c.outputs) for c in cells]
     assert labelled == [True, False, False]
+
+
+def test_the_results_chapter_runs_again_when_another_chapter_did(tmp_path):
+    """The execution cache: chapter 9 reads the other chapters' records, so its key follows them;
+    a chapter that reads none keeps its key whatever the records are."""
+    from nbsupport.book.runner import chapter_key, reads_records
+    from nbsupport.core.paths import repo_root
+
+    ROOT = repo_root()
+    results, bench = ROOT / "notebooks" / "09_results.ipynb", ROOT / "notebooks" / "03_benchmark.ipynb"
+    assert reads_records(results) and not reads_records(bench)
+    rec = tmp_path / "records"
+    rec.mkdir()
+    (rec / "03_benchmark-fundus.json").write_text('{"created": "1"}')
+    (rec / "09_results-all.json").write_text('{"created": "1"}')
+    k9, k3 = chapter_key(results, "cpu", "lib", rec), chapter_key(bench, "cpu", "lib", rec)
+    (rec / "09_results-all.json").write_text('{"created": "2"}')          # its own record: no change
+    assert chapter_key(results, "cpu", "lib", rec) == k9
+    (rec / "03_benchmark-fundus.json").write_text('{"created": "2"}')     # chapter 3 ran again
+    assert chapter_key(results, "cpu", "lib", rec) != k9
+    assert chapter_key(bench, "cpu", "lib", rec) == k3
+    assert chapter_key(bench, "smoke", "lib", rec) != k3 and chapter_key(bench, "cpu", "lib2", rec) != k3

@@ -23,7 +23,7 @@ from nbsupport.core.paths import RECORDS_ENV, repo_root
 from nbsupport.core.profiles import get_profile
 
 __all__ = ["ChapterFailed", "ExecutedChapter", "toc_chapters", "execute_chapter", "build_book", "chapter_key",
-           "SMOKE_LABEL"]
+           "reads_records", "SMOKE_LABEL"]
 
 #: What a page built at a random-weights profile says under every figure and table.
 SMOKE_LABEL = "smoke: not a result (tiny random models; run the chapter at profile cpu or gpu)"
@@ -163,9 +163,26 @@ def _library_digest(root: Path) -> str:
     return h.hexdigest()
 
 
-def chapter_key(notebook: Path, profile: str, library_digest: str) -> str:
-    """The execution cache's key of one chapter: its source, the profile and the library digest."""
-    return hashlib.sha256(notebook.read_bytes() + f"\0{profile}\0{library_digest}".encode()).hexdigest()
+def reads_records(notebook: Path) -> bool:
+    """Whether a chapter reads the other chapters' run records (it has a ``records_path`` parameter,
+    as chapter 9 does): its output then depends on those records, not only on its own source."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    return any("parameters" in c.metadata.get("tags", []) and re.search(r"^records_path\s*=", c.source, re.M)
+               for c in nb.cells if c.cell_type == "code")
+
+
+def chapter_key(notebook: Path, profile: str, library_digest: str, records_dir: Path | None = None) -> str:
+    """The execution cache's key of one chapter: its source, the profile and the library digest, and,
+    for a chapter that :func:`reads_records`, every other chapter's record in ``records_dir`` (a record
+    is rewritten, with a new timestamp, whenever its chapter runs again)."""
+    h = hashlib.sha256(notebook.read_bytes() + f"\0{profile}\0{library_digest}".encode())
+    if records_dir is not None and reads_records(notebook):
+        for rec in sorted(Path(records_dir).glob("*.json")):
+            if not rec.name.startswith(notebook.stem):
+                h.update(rec.name.encode() + b"\0" + rec.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 def _smoke_note() -> dict[str, Any]:
@@ -222,7 +239,8 @@ def build_book(
 
     A chapter whose source, profile and library (code, shipped weights, manifests) are unchanged
     since its last successful execution into this build folder is not executed again (``force``
-    executes everything).
+    executes everything); a chapter that reads the others' run records (chapter 9) also runs again
+    whenever one of them did.
 
     Returns:
         The folder holding ``index.html``.
@@ -239,7 +257,7 @@ def build_book(
         for i, nb in enumerate(chapters, 1):
             out_dir = executed / nb.parent.relative_to(root)
             stamp = out_dir / f".{nb.stem}.key"
-            key = chapter_key(nb, profile, digest)
+            key = chapter_key(nb, profile, digest, build_dir / "records")
             if not force and (out_dir / nb.name).is_file() and stamp.is_file() and stamp.read_text() == key:
                 log(f"[{i}/{len(chapters)}] {nb.relative_to(root)}: unchanged, executed copy reused")
                 continue
