@@ -47,17 +47,52 @@ def _chapter_record(records: Path, stem: str) -> dict[str, Any] | None:
     return max(found, key=lambda t: t[0])[1] if found else None
 
 
-def _summary(rec: dict[str, Any] | None) -> dict[str, Any]:
+def _loss_falls(records: Path, stem: str) -> dict[str, list[float]]:
+    """Per method record of ``stem`` that holds a training-loss curve: the mean of its first and of
+    its last tenth of steps (a falling loss: the second is smaller)."""
+    out = {}
+    for p in sorted(records.glob(f"{stem}*.json")):
+        rec = json.loads(p.read_text(encoding="utf-8"))
+        losses = rec.get("metrics", {}).get("losses")
+        if rec.get("chapter") == stem and rec.get("method") and losses and len(losses) >= 10:
+            k = max(1, len(losses) // 10)
+            out[rec["method"]] = [sum(losses[:k]) / k, sum(losses[-k:]) / k]
+    return out
+
+
+def _sd_summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The Stable Diffusion chapters' headline numbers: test loss before/after fine-tuning (06),
+    FID/KID per generator and the real-vs-real floor (07), the synthetic-data summary (08)."""
+    out: dict[str, Any] = {}
+    methods = metrics.get("methods", {})
+    if methods and all(isinstance(v, dict) and "test_loss_after" in v for v in methods.values()):
+        out["test_loss_before_after_by_method"] = {m: [v["test_loss_before"], v["test_loss_after"]] for m, v in methods.items()}
+    if "scores" in metrics and "noise_floor" in metrics:
+        out["fid_kid_by_generator"] = {m: {k: v.get(k) for k in ("fid", "kid", "kid_std", "n", "align_kappa", "vendi_features")}
+                                       for m, v in metrics["scores"].items()}
+        out["noise_floor"] = metrics["noise_floor"]
+        out["judge"] = metrics.get("judge")
+    if "summary" in metrics and "results" in metrics:
+        out["synthetic_summary"] = metrics["summary"]
+    return out
+
+
+def _summary(rec: dict[str, Any] | None, records: Path | None = None) -> dict[str, Any]:
     if rec is None:
         return {"record": None}
     metrics = rec.get("metrics", {})
+    sd = _sd_summary(metrics)
+    if records is not None:
+        falls = _loss_falls(records, rec["chapter"])
+        if falls:
+            sd["training_loss_first_last_tenth_by_method"] = falls
     by_method = {f"{k}_by_method": {m: [v.get(f"test_{k}"), v.get(f"test_{k}_std")]
                                     for m, v in metrics.get("methods", {}).items() if isinstance(v, dict) and f"test_{k}" in v}
                  for k in ("kappa", "dice")}
     return {"record_wall_s": rec.get("wall_time_s"), "weights": rec.get("weights"), "dataset": rec.get("dataset"),
             "seeds": rec.get("params", {}).get("seeds"),
             "headline": {k: metrics[k] for k in HEADLINE if k in metrics},
-            **{k: v for k, v in by_method.items() if v}}
+            **{k: v for k, v in by_method.items() if v}, **sd}
 
 
 def main() -> None:
@@ -76,18 +111,19 @@ def main() -> None:
             executed = args.collect / nb.name
             meta = json.loads(executed.read_text(encoding="utf-8"))["metadata"].get("papermill", {}) if executed.is_file() else {}
             rows[nb.stem] = {"papermill_s": meta.get("duration"),
-                             **_summary(_chapter_record(args.collect / "records", nb.stem))}
+                             **_summary(_chapter_record(args.collect / "records", nb.stem), args.collect / "records")}
     else:
         from nbsupport.book.runner import execute_chapter
 
         out = Path(tempfile.mkdtemp(prefix="chapter-budget-"))
+        print(f"executed copies and run records under {out}", flush=True)
         if not args.keep_cache:
             os.environ["NBSUPPORT_CACHE"] = str(out / "cache")
         for c, nb in notebooks.items():
             t0 = time.perf_counter()
             res = execute_chapter(nb, out / "executed", profile=args.profile, records_dir=out / "records")
             rows[nb.stem] = {"wall_s": time.perf_counter() - t0, "papermill_s": res.seconds,
-                             **_summary(_chapter_record(out / "records", nb.stem))}
+                             **_summary(_chapter_record(out / "records", nb.stem), out / "records")}
             print(f"{nb.stem}: {rows[nb.stem]['wall_s'] / 60:.1f} min", flush=True)
     walls = [r.get("wall_s") or r.get("papermill_s") or r.get("record_wall_s") or 0.0 for r in rows.values()]
     device = describe_device("cpu")
