@@ -1,8 +1,9 @@
 # One entry point. `make book` and `make test` create .venv and install on first use.
-#   make book [PROFILE=smoke|cpu|gpu|full]   execute every chapter, build the website
-#   make test                                unit tests + chapters at smoke + book build
+#   make book [PROFILE=cpu|smoke|gpu|full]   execute every chapter, build the website (cpu: the pocket
+#                                            models' real results, offline)
+#   make test                                unit tests + chapters at smoke + book build (smoke)
 #   VENV= make test                          use the active environment (conda) instead of .venv
-PROFILE ?= smoke
+PROFILE ?= cpu
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(if $(VENV),$(VENV)/bin/python,python)

@@ -2,7 +2,7 @@
 
 Commands:
     run NOTEBOOK [-p NAME VALUE]... [--profile P]   execute one chapter with papermill
-    book [--profile P]                              execute every chapter, build the website
+    book [--profile P]                              execute every chapter, build the website (default cpu)
     data list | describe NAME | verify NAME | fetch NAME
     info                                            versions, device, profiles
     pretrain [--minutes M] [--export PATH] [--smoke]  pretrain the pocket ViT (resumable)
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", type=Path, default=None, help="folder of the executed copy")
 
     book = sub.add_parser("book", help="execute every chapter in _toc.yml and build the HTML")
-    book.add_argument("--profile", choices=list(PROFILES), default="smoke")
+    book.add_argument("--profile", choices=list(PROFILES), default="cpu", help="default cpu: the pocket models, offline; smoke: a quick check")
     book.add_argument("--build-dir", type=Path, default=None)
     book.add_argument("--no-execute", action="store_true", help="reuse the executed copies")
     book.add_argument("--force", action="store_true", help="execute every chapter, changed or not")

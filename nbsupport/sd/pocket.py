@@ -70,7 +70,7 @@ cotton wool spots spot neovascularisation neovascularization venous beading drus
 optic disc fovea macula vessels camera clinic bright warm dim bluish dark blurry sharp grade
 """.split())))
 POCKET_SD_FILE = "pocket-fundus-sd.safetensors"
-POCKET_SD_SHA256: str | None = None   # set when the pretrained weights ship (see nbsupport.sd.pretrain)
+POCKET_SD_SHA256: str | None = "aa87ead5160b169bfcc57fd533b3e74ba0ec8fe9cacd5cda345c2c3d127d19ef"   # nbsupport/weights/pocket-fundus-sd.json says how it was made
 
 _WORD = re.compile(r"[a-z]+")
 
