@@ -71,7 +71,7 @@ def _sd_summary(metrics: dict[str, Any]) -> dict[str, Any]:
         out["fid_kid_by_generator"] = {m: {k: v.get(k) for k in ("fid", "kid", "kid_std", "n", "align_kappa", "vendi_features")}
                                        for m, v in metrics["scores"].items()}
         out["noise_floor"] = metrics["noise_floor"]
-        out["judge"] = metrics.get("judge")
+        out["judge"] = {k: v for k, v in (metrics.get("judge") or {}).items() if k != "record"}   # no machine path
     if "summary" in metrics and "results" in metrics:
         out["synthetic_summary"] = metrics["summary"]
     return out
