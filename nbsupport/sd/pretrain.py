@@ -390,8 +390,9 @@ def evaluate_vae(vae: nn.Module, real: np.ndarray, grades: np.ndarray, eyes: lis
     """What survives the VAE's round trip (encode to the posterior mean, decode) of ``real`` uint8
     images ``[N, S, S, 3]``: PSNR (dB, mean over images), and how well the pocket ViT's probes,
     fitted on the first half's *real* images, read eye side and grade from the second half's
-    reconstructions and from the same real images (the ceiling). A VAE that blurs lesions away
-    caps every sample's grade agreement, however good the UNet."""
+    reconstructions and from the same real images. A VAE that blurs lesions away costs every
+    sample its fine detail, however good the UNet (guided samples can still read back a grade better
+    than reconstructions of real eyes do: they show what is typical of the prompted grade)."""
     from sklearn.metrics import cohen_kappa_score
 
     device = torch.device(device)
@@ -418,7 +419,7 @@ def evaluate_vae(vae: nn.Module, real: np.ndarray, grades: np.ndarray, eyes: lis
 def probe_reference(real: np.ndarray, grades: np.ndarray, eyes: list[str],
                     device: torch.device | str = "cpu") -> dict[str, float]:
     """How well the evaluation's probes read side and grade from *real* images they were not fitted
-    on (fitted on the first half of ``real``, scored on the second): the ceiling for samples."""
+    on (fitted on the first half of ``real``, scored on the second): the reference for samples."""
     from sklearn.metrics import cohen_kappa_score
 
     fr = _probe_features(real, torch.device(device))
