@@ -156,3 +156,11 @@ def test_the_results_chapter_runs_again_when_another_chapter_did(tmp_path):
     assert chapter_key(results, "cpu", "lib", rec) != k9
     assert chapter_key(bench, "cpu", "lib", rec) == k3
     assert chapter_key(bench, "smoke", "lib", rec) != k3 and chapter_key(bench, "cpu", "lib2", rec) != k3
+
+
+def test_table_formats_a_float_index():
+    df = pd.DataFrame({"guidance": [1.0, 7.5], "fid": [31.509, 39.2031]}).set_index("guidance")
+    data = fmt.table(df).data
+    assert list(data.index) == ["1.00", "7.50"] and data.index.name == "guidance"
+    assert list(data["FID"]) == ["31.5", "39.2"]
+    assert list(fmt.table(df.reset_index().set_index("fid")[["guidance"]], digits=2).data.index) == ["32", "39"]

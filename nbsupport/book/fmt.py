@@ -88,7 +88,8 @@ mean_std = _mean_std
 def table(df: "Any", columns: Sequence[str] | None = None, mean_std: Iterable[str] = (),
           counts: Iterable[str] = (), percents: Mapping[str, float] | Iterable[str] = (),
           sci: Iterable[str] = ("lr",), digits: int = 3, labels: Mapping[str, str] | None = None, caption: str | None = None) -> "Any":
-    """A display copy of ``df`` (a pandas DataFrame or Series) with every cell formatted as text.
+    """A display copy of ``df`` (a pandas DataFrame or Series) with every cell, and a float index,
+    formatted as text.
 
     Args:
         df: the numbers (not modified).
@@ -133,6 +134,8 @@ def table(df: "Any", columns: Sequence[str] | None = None, mean_std: Iterable[st
             out[c] = col.map(lambda v: sig(v, digits))
         else:
             out[c] = col.map(lambda v: "–" if _missing(v) else str(v))
+    if not isinstance(out.index, pd.MultiIndex) and pd.api.types.is_float_dtype(out.index):
+        out.index = out.index.map(lambda v: sig(v, digits)).rename(out.index.name)   # 7.5, not 7.500000
     names = {**LABELS, **(labels or {})}
     out = out.rename(columns=lambda c: names.get(c, c.replace("_", " ")))
     if out.index.name in names:
