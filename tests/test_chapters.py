@@ -255,10 +255,16 @@ def test_chapter08_protocol(built_book):
     rec = _records(built_book[0], "08_synthetic_data")["08_synthetic_data-fundus-procedural"]
     assert rec.metrics["leakage_checked"] is True
     results = rec.metrics["results"]
-    assert len(results) == 2 * (2 * (1 + 5) + 5)                   # 2 seeds x (2 fractions x 6 + 5 synthetic-only)
+    assert len(results) == 2 * (2 * (2 + 3) + 3)       # 2 seeds x (2 fractions x (2 real-only + 3 mixed) + 3 synthetic-only)
     synthetic_only = [r for r in results if r["fraction"] == 0.0]
-    assert len(synthetic_only) == 10 and all(r["n_train"] == 8 for r in synthetic_only)
+    assert len(synthetic_only) == 6 and all(r["n_train"] == 8 for r in synthetic_only)
     assert all(r["count"] == 2 for r in rec.metrics["summary"])
+    for f in (0.1, 0.5):                                 # the control gets the mixed runs' optimizer steps, on real images only
+        rows = {r["generator"]: r for r in results if r["fraction"] == f}
+        plain, matched, mixed = rows["none (real only)"], rows["none (real only, steps matched)"], rows["unet"]
+        assert plain["n_train"] == matched["n_train"] == mixed["n_train"] - 8
+        assert plain["steps"] < mixed["steps"] <= matched["steps"]
+    assert len(rec.metrics["gains"]) == 2 * 3 and len({r["lr"] for r in results}) == 1
 
 
 @pytest.mark.notebooks

@@ -156,3 +156,23 @@ def test_a_truncated_checkpoint_names_its_folder_and_the_fix(tmp_path):
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(CheckpointError, match=f"{tmp_path / 'run'}.*delete"):
         train_classifier(model(), tr, va, te, 5, cfg, checkpoint_dir=tmp_path / "run", progress=False)
+
+
+def test_steps_matched_gives_the_small_set_the_large_sets_steps_and_warm_up():
+    from dataclasses import replace
+
+    from nbsupport.vit.experiment import optimizer_steps, steps_matched
+
+    cfg = TrainConfig(epochs=3, lr=1e-3, batch_size=4, warmup_epochs=0.6)
+    small, large = 6, 23                            # 2 and 6 steps per epoch
+    over = steps_matched(cfg, small, large)
+    matched = replace(cfg, **over)
+    assert over == {"epochs": 9, "warmup_epochs": pytest.approx(1.8)}
+    assert optimizer_steps(small, matched) == optimizer_steps(large, cfg) == 18
+    assert round(matched.warmup_epochs * 2) == round(cfg.warmup_epochs * 6)      # the same warm-up steps
+    tr, va, _ = data(small)
+    assert train_classifier(model("bitfit"), tr, va, None, 5, matched, progress=False).steps == 18
+    uneven = replace(cfg, **steps_matched(cfg, 5, 9))                            # 2 and 3 per epoch: 4.5 epochs
+    assert optimizer_steps(5, uneven) >= optimizer_steps(9, cfg) and uneven.epochs == 5
+    with pytest.raises(ValueError, match="n_small=9, n_large=5"):
+        steps_matched(cfg, 9, 5)

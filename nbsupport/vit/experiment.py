@@ -5,6 +5,7 @@ and ``run_method`` (adapt, train, test, record) so that a chapter cell stays one
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -199,6 +200,26 @@ def default_train_config(profile: str | Profile, method: str, **overrides: Any) 
     return cfg
 
 
+def optimizer_steps(n_train: int, cfg: TrainConfig) -> int:
+    """Optimizer steps of :func:`~nbsupport.vit.train.train_classifier` on ``n_train`` images
+    (every batch is a step; the last one may be partial)."""
+    return math.ceil(n_train / cfg.batch_size) * cfg.epochs
+
+
+def steps_matched(cfg: TrainConfig, n_small: int, n_large: int) -> dict[str, Any]:
+    """Overrides that give a run on ``n_small`` images at least the optimizer steps (and the same
+    warm-up steps) that ``cfg`` gives a run on ``n_large`` images: more epochs over the smaller set.
+
+    A control for "does adding images help?": the larger set also brings more optimizer steps, so a
+    gain over the small set at the same epochs may be the extra training, not the extra images.
+    Returns ``{"epochs", "warmup_epochs"}`` (pass them as :class:`TrainConfig` overrides).
+    """
+    if not 0 < n_small <= n_large:
+        raise ValueError(f"n_small={n_small}, n_large={n_large}: expected 0 < n_small <= n_large")
+    ratio = math.ceil(n_large / cfg.batch_size) / math.ceil(n_small / cfg.batch_size)
+    return {"epochs": math.ceil(cfg.epochs * ratio), "warmup_epochs": cfg.warmup_epochs * ratio}
+
+
 def _data_provenance(data: ClassificationData, train_set: Dataset) -> dict[str, Any]:
     """What the run trained and was tested on: the split rule and the splits' fingerprints."""
     manifest = getattr(data.test, "manifest", None)
@@ -312,13 +333,28 @@ def choose_lr(method: str, backbone: Backbone, data: ClassificationData, profile
     return best, grid
 
 
+def profile_lr(method: str, backbone: Backbone, data: ClassificationData, profile: str | Profile,
+               device: torch.device | str, seed: int = 0, epochs: int | None = None,
+               config: dict[str, Any] | None = None,
+               train_overrides: dict[str, Any] | None = None) -> tuple[float, dict[float, float] | None]:
+    """The profile's learning-rate rule for ``method``: the registry rate when the profile has one
+    factor (grid ``None``), else :func:`choose_lr` with ``seed`` on the *full* training split (so
+    runs on a label fraction, or with extra images, use the rate chosen with all real labels).
+    Returns the rate and the grid ``{lr: best validation score}``."""
+    if len(get_profile(profile).lr_factors) == 1:
+        return default_train_config(profile, method).lr, None
+    return choose_lr(method, backbone, data, profile, device, seed=seed, epochs=epochs, config=config,
+                     train_overrides=train_overrides)
+
+
 def run_seeds(method: str, backbone: Backbone, data: ClassificationData, profile: str, chapter: str,
               device: torch.device | str, seeds: Sequence[int], epochs: int | None = None,
               lr: float | None = None, train_overrides: dict[str, Any] | None = None,
               **kwargs: Any) -> list[dict[str, Any]]:
     """:func:`run_method` once per seed (data order, dropout and new modules drawn from it), with
     the profile's schedule (``train_overrides``: other :class:`TrainConfig` fields, e.g.
-    ``batch_size``); returns one row per seed, each with its ``seed`` and ``lr``.
+    ``batch_size``, or ``epochs`` over the ``epochs`` argument, as :func:`steps_matched` gives);
+    returns one row per seed, each with its ``seed`` and ``lr``.
 
     ``lr=None`` applies the profile's rule: the registry rate when the profile has one factor,
     else :func:`choose_lr` on the first seed and the *full* training split (so a label-fraction run
@@ -327,11 +363,11 @@ def run_seeds(method: str, backbone: Backbone, data: ClassificationData, profile
     rows = []
     extra_params = kwargs.pop("extra_params", None) or {}
     grid: dict[float, float] | None = None
-    if lr is None and len(get_profile(profile).lr_factors) > 1:
-        lr, grid = choose_lr(method, backbone, data, profile, device, seed=seeds[0], epochs=epochs,
-                             config=kwargs.get("config"), train_overrides=train_overrides)
+    if lr is None:
+        lr, grid = profile_lr(method, backbone, data, profile, device, seed=seeds[0], epochs=epochs,
+                              config=kwargs.get("config"), train_overrides=train_overrides)
     for s in seeds:
-        cfg = default_train_config(profile, method, **{**(train_overrides or {}), "epochs": epochs, "seed": s, "lr": lr})
+        cfg = default_train_config(profile, method, **{"epochs": epochs, **(train_overrides or {}), "seed": s, "lr": lr})
         extra = {**extra_params, "seed": s, **({"lr_grid": {f"{k:.2e}": v for k, v in grid.items()}} if grid else {})}
         rows.append({**run_method(method, backbone, data, profile, chapter, device, train_config=cfg,
                                   extra_params=extra, **kwargs), "seed": s, "lr": cfg.lr})
@@ -384,8 +420,9 @@ class GeneratedImages(Dataset):
     def __init__(self, manifest_path: str | Path, image_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
         manifest_path = Path(manifest_path)
         if not manifest_path.is_file():
-            raise FileNotFoundError(f"{manifest_path}: no generated-images manifest; run chapter 06 "
-                                    "(with the same profile and dataset) first")
+            raise FileNotFoundError(f"{manifest_path}: no generated-images manifest; run chapter 06 (the same "
+                                    "profile and dataset; for a training-caption set, with this method in its "
+                                    "`train_set_methods`) first")
         meta = json.loads(manifest_path.read_text(encoding="utf-8"))
         self.entries = meta["images"]
         self.method = meta.get("method")
