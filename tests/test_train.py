@@ -158,21 +158,12 @@ def test_a_truncated_checkpoint_names_its_folder_and_the_fix(tmp_path):
         train_classifier(model(), tr, va, te, 5, cfg, checkpoint_dir=tmp_path / "run", progress=False)
 
 
-def test_steps_matched_gives_the_small_set_the_large_sets_steps_and_warm_up():
+def test_optimizer_steps_counts_what_training_takes():
     from dataclasses import replace
 
-    from nbsupport.vit.experiment import optimizer_steps, steps_matched
+    from nbsupport.vit.experiment import optimizer_steps
 
-    cfg = TrainConfig(epochs=3, lr=1e-3, batch_size=4, warmup_epochs=0.6)
-    small, large = 6, 23                            # 2 and 6 steps per epoch
-    over = steps_matched(cfg, small, large)
-    matched = replace(cfg, **over)
-    assert over == {"epochs": 9, "warmup_epochs": pytest.approx(1.8)}
-    assert optimizer_steps(small, matched) == optimizer_steps(large, cfg) == 18
-    assert round(matched.warmup_epochs * 2) == round(cfg.warmup_epochs * 6)      # the same warm-up steps
-    tr, va, _ = data(small)
-    assert train_classifier(model("bitfit"), tr, va, None, 5, matched, progress=False).steps == 18
-    uneven = replace(cfg, **steps_matched(cfg, 5, 9))                            # 2 and 3 per epoch: 4.5 epochs
-    assert optimizer_steps(5, uneven) >= optimizer_steps(9, cfg) and uneven.epochs == 5
-    with pytest.raises(ValueError, match="n_small=9, n_large=5"):
-        steps_matched(cfg, 9, 5)
+    cfg = TrainConfig(epochs=3, lr=1e-3, batch_size=4, warmup_epochs=0.5)
+    tr, va, _ = data(6)                                   # 2 batches per epoch, the second partial
+    assert optimizer_steps(6, cfg) == 6 == train_classifier(model("bitfit"), tr, va, None, 5, cfg, progress=False).steps
+    assert optimizer_steps(6, replace(cfg, compile="cudagraphs")) == 3             # the partial batch is dropped

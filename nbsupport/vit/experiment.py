@@ -201,23 +201,10 @@ def default_train_config(profile: str | Profile, method: str, **overrides: Any) 
 
 
 def optimizer_steps(n_train: int, cfg: TrainConfig) -> int:
-    """Optimizer steps of :func:`~nbsupport.vit.train.train_classifier` on ``n_train`` images
-    (every batch is a step; the last one may be partial)."""
-    return math.ceil(n_train / cfg.batch_size) * cfg.epochs
-
-
-def steps_matched(cfg: TrainConfig, n_small: int, n_large: int) -> dict[str, Any]:
-    """Overrides that give a run on ``n_small`` images at least the optimizer steps (and the same
-    warm-up steps) that ``cfg`` gives a run on ``n_large`` images: more epochs over the smaller set.
-
-    A control for "does adding images help?": the larger set also brings more optimizer steps, so a
-    gain over the small set at the same epochs may be the extra training, not the extra images.
-    Returns ``{"epochs", "warmup_epochs"}`` (pass them as :class:`TrainConfig` overrides).
-    """
-    if not 0 < n_small <= n_large:
-        raise ValueError(f"n_small={n_small}, n_large={n_large}: expected 0 < n_small <= n_large")
-    ratio = math.ceil(n_large / cfg.batch_size) / math.ceil(n_small / cfg.batch_size)
-    return {"epochs": math.ceil(cfg.epochs * ratio), "warmup_epochs": cfg.warmup_epochs * ratio}
+    """Optimizer steps of :func:`~nbsupport.vit.train.train_classifier` on ``n_train`` images:
+    every batch is a step (the last one partial, or dropped under ``compile="cudagraphs"``)."""
+    per_epoch = n_train // cfg.batch_size if cfg.compile == "cudagraphs" else math.ceil(n_train / cfg.batch_size)
+    return per_epoch * cfg.epochs
 
 
 def _data_provenance(data: ClassificationData, train_set: Dataset) -> dict[str, Any]:
@@ -323,7 +310,7 @@ def choose_lr(method: str, backbone: Backbone, data: ClassificationData, profile
     base = methods.METHODS[method].lr
     grid: dict[float, float] = {}
     for f in factors:
-        cfg = default_train_config(p, method, **{**(train_overrides or {}), "epochs": epochs, "seed": seed,
+        cfg = default_train_config(p, method, **{"epochs": epochs, **(train_overrides or {}), "seed": seed,
                                                  "lr": base * f})
         row = run_method(method, backbone, data, p.name, "lr-grid", device, config=config, train_config=cfg,
                          record=False, progress=progress)
@@ -353,8 +340,8 @@ def run_seeds(method: str, backbone: Backbone, data: ClassificationData, profile
               **kwargs: Any) -> list[dict[str, Any]]:
     """:func:`run_method` once per seed (data order, dropout and new modules drawn from it), with
     the profile's schedule (``train_overrides``: other :class:`TrainConfig` fields, e.g.
-    ``batch_size``, or ``epochs`` over the ``epochs`` argument, as :func:`steps_matched` gives);
-    returns one row per seed, each with its ``seed`` and ``lr``.
+    ``batch_size``, or ``epochs`` over the ``epochs`` argument); returns one row per seed, each
+    with its ``seed`` and ``lr``.
 
     ``lr=None`` applies the profile's rule: the registry rate when the profile has one factor,
     else :func:`choose_lr` on the first seed and the *full* training split (so a label-fraction run
@@ -363,9 +350,10 @@ def run_seeds(method: str, backbone: Backbone, data: ClassificationData, profile
     rows = []
     extra_params = kwargs.pop("extra_params", None) or {}
     grid: dict[float, float] | None = None
-    if lr is None:
+    if lr is None:                    # the rate is chosen on the profile's schedule, not on a changed one
+        schedule_free = {k: v for k, v in (train_overrides or {}).items() if k not in ("epochs", "warmup_epochs")}
         lr, grid = profile_lr(method, backbone, data, profile, device, seed=seeds[0], epochs=epochs,
-                              config=kwargs.get("config"), train_overrides=train_overrides)
+                              config=kwargs.get("config"), train_overrides=schedule_free)
     for s in seeds:
         cfg = default_train_config(profile, method, **{"epochs": epochs, **(train_overrides or {}), "seed": s, "lr": lr})
         extra = {**extra_params, "seed": s, **({"lr_grid": {f"{k:.2e}": v for k, v in grid.items()}} if grid else {})}
