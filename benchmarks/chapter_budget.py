@@ -89,7 +89,8 @@ def _summary(rec: dict[str, Any] | None, records: Path | None = None) -> dict[st
     by_method = {f"{k}_by_method": {m: [v.get(f"test_{k}"), v.get(f"test_{k}_std")]
                                     for m, v in metrics.get("methods", {}).items() if isinstance(v, dict) and f"test_{k}" in v}
                  for k in ("kappa", "dice")}
-    return {"record_wall_s": rec.get("wall_time_s"), "weights": rec.get("weights"), "dataset": rec.get("dataset"),
+    return {"record_wall_s": rec.get("wall_time_s"), "commit": rec.get("git_commit"),   # the chapter's own commit
+            "weights": rec.get("weights"), "dataset": rec.get("dataset"),
             "seeds": rec.get("params", {}).get("seeds"),
             "headline": {k: metrics[k] for k in HEADLINE if k in metrics},
             **{k: v for k, v in by_method.items() if v}, **sd}
