@@ -167,3 +167,11 @@ def test_optimizer_steps_counts_what_training_takes():
     tr, va, _ = data(6)                                   # 2 batches per epoch, the second partial
     assert optimizer_steps(6, cfg) == 6 == train_classifier(model("bitfit"), tr, va, None, 5, cfg, progress=False).steps
     assert optimizer_steps(6, replace(cfg, compile="cudagraphs")) == 3             # the partial batch is dropped
+
+
+def test_difference_is_the_books_yardstick_and_says_when_one_seed_cannot_tell():
+    from nbsupport.vit.experiment import difference
+
+    assert difference(0.68, 0.03, 0.6, 0.04) == (pytest.approx(0.08), pytest.approx(0.05), False)  # 0.08 <= 2 x 0.05
+    assert difference(0.4, 0.01, 0.65, 0.006)[2] is True
+    assert difference(0.7, float("nan"), 0.6, float("nan"))[2] is None                          # one seed: no noise estimate

@@ -390,14 +390,21 @@ def summarise(rows: Sequence[dict[str, Any]]) -> "pandas.DataFrame":  # noqa: F8
     return out
 
 
+def difference(mean_a: float, std_a: float, mean_b: float, std_b: float) -> tuple[float, float, bool | None]:
+    """The book's yardstick for comparing two settings run on seeds: the difference of means, its
+    spread ``sqrt(std_a^2 + std_b^2)`` (the seed spread of one run's difference: a cautious one) and
+    whether the difference exceeds twice it (``None`` with one seed: no estimate of the noise)."""
+    d, spread = float(mean_a - mean_b), float(np.hypot(std_a, std_b))
+    return d, spread, None if spread != spread else bool(abs(d) > 2 * spread)
+
+
 def versus(table: "pandas.DataFrame", a: str, b: str, metric: str = "test_kappa") -> str:  # noqa: F821
-    """One sentence comparing rows ``a`` and ``b`` of a :func:`summarise` table: the difference of
-    means, and whether it exceeds twice the seed spread of the difference (``sqrt(std_a^2 + std_b^2)``)."""
-    d = table.loc[a, metric] - table.loc[b, metric]
-    spread = float(np.hypot(table.loc[a, f"{metric}_std"], table.loc[b, f"{metric}_std"]))
-    if spread != spread:                                              # one seed: no spread to compare with
+    """One sentence comparing rows ``a`` and ``b`` of a :func:`summarise` table with :func:`difference`."""
+    d, spread, beyond = difference(table.loc[a, metric], table.loc[a, f"{metric}_std"],
+                                   table.loc[b, metric], table.loc[b, f"{metric}_std"])
+    if beyond is None:
         return f"{a} - {b}: {d:+.3f} {metric} (one seed: no estimate of the noise)"
-    verdict = "larger than the seed noise" if abs(d) > 2 * spread else "within the seed noise"
+    verdict = "larger than the seed noise" if beyond else "within the seed noise"
     return f"{a} - {b}: {d:+.3f} {metric} (spread over seeds +-{spread:.3f}: {verdict})"
 
 
