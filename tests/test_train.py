@@ -167,6 +167,8 @@ def test_optimizer_steps_counts_what_training_takes():
     tr, va, _ = data(6)                                   # 2 batches per epoch, the second partial
     assert optimizer_steps(6, cfg) == 6 == train_classifier(model("bitfit"), tr, va, None, 5, cfg, progress=False).steps
     assert optimizer_steps(6, replace(cfg, compile="cudagraphs")) == 3             # the partial batch is dropped
+    with pytest.raises(ValueError, match="fewer than batch_size=4"):                 # no step at all: say so
+        optimizer_steps(3, replace(cfg, compile="cudagraphs"))
 
 
 def test_difference_is_the_books_yardstick_and_says_when_one_seed_cannot_tell():

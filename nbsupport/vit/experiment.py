@@ -5,7 +5,6 @@ and ``run_method`` (adapt, train, test, record) so that a chapter cell stays one
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,7 +23,7 @@ from nbsupport.data.fingerprint import fingerprint, item_keys
 from nbsupport.data.manifests import load_manifest
 from nbsupport.core.paths import cache_dir
 from nbsupport.core.profiles import Profile, get_profile
-from nbsupport.vit.train import TrainConfig, train_classifier
+from nbsupport.vit.train import TrainConfig, steps_per_epoch, train_classifier
 
 __all__ = ["ClassificationData", "Backbone", "make_backbone", "load_classification_data", "load_segmentation_data",
            "build_model", "label_subset",
@@ -203,8 +202,7 @@ def default_train_config(profile: str | Profile, method: str, **overrides: Any) 
 def optimizer_steps(n_train: int, cfg: TrainConfig) -> int:
     """Optimizer steps of :func:`~nbsupport.vit.train.train_classifier` on ``n_train`` images:
     every batch is a step (the last one partial, or dropped under ``compile="cudagraphs"``)."""
-    per_epoch = n_train // cfg.batch_size if cfg.compile == "cudagraphs" else math.ceil(n_train / cfg.batch_size)
-    return per_epoch * cfg.epochs
+    return steps_per_epoch(n_train, cfg) * cfg.epochs
 
 
 def _data_provenance(data: ClassificationData, train_set: Dataset) -> dict[str, Any]:

@@ -223,6 +223,18 @@ def _micro_batches(x: torch.Tensor, y: torch.Tensor, n_global: int, empty: bool,
     return out
 
 
+def steps_per_epoch(n_train: int, cfg: TrainConfig) -> int:
+    """Optimizer steps per epoch on ``n_train`` images: every batch is a step, the last one partial,
+    or dropped under ``compile="cudagraphs"`` (a captured graph has one batch shape)."""
+    if cfg.compile == "cudagraphs":
+        if n_train < cfg.batch_size:
+            raise ValueError(f"compile='cudagraphs' drops partial batches, and the {n_train} training images are "
+                             f"fewer than batch_size={cfg.batch_size}: no step would run; lower batch_size or "
+                             "use compile=None")
+        return n_train // cfg.batch_size
+    return math.ceil(n_train / cfg.batch_size)
+
+
 def _lr_lambda(total_steps: int, warmup_steps: int):
     def fn(step: int) -> float:
         if step < warmup_steps:
@@ -275,13 +287,12 @@ def train_classifier(
     params = trainable_parameters(model)
     if not params:
         raise ValueError("the model has no trainable parameters: adapt it with nbsupport.vit.methods.adapt first")
-    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, _lr_lambda(total_steps, max(1, int(round(cfg.warmup_epochs * steps_per_epoch)))))
     if cfg.compile not in (None, "default", "cudagraphs"):
         raise ValueError(f"compile={cfg.compile!r}: expected None, 'default' or 'cudagraphs'")
+    per_epoch = steps_per_epoch(len(train_set), cfg)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, _lr_lambda(per_epoch * cfg.epochs, max(1, int(round(cfg.warmup_epochs * per_epoch)))))
     if cfg.batch_size < eng.world:
         raise ValueError(f"batch_size={cfg.batch_size} is smaller than the {eng.world} processes: "
                          "the batch is the global one, split across processes; raise it")
@@ -337,7 +348,7 @@ def train_classifier(
         t0 = time.perf_counter()
         batches = _batches(train_set, cfg, gen, eng)
         for x, y, n_global, empty in tqdm(batches, desc=f"epoch {epoch + 1}", leave=False, disable=not progress,
-                                          total=math.ceil(len(train_set) / cfg.batch_size)):
+                                          total=per_epoch):
             step_opt.zero_grad(set_to_none=True)
             batch_loss = torch.zeros((), device=device)
             for xm, ym, weight in _micro_batches(x, y, n_global, empty, eng):
