@@ -41,12 +41,19 @@ def test_table_formats_every_cell_and_labels_columns():
                        "note": ["a", None]}, index=pd.Index(["Full", "DVPT"], name="label"))
     out = fmt.table(df, mean_std=["test_kappa"], counts=["trainable"], percents=["trainable_pct"]).data
     assert list(out.columns) == ["Kappa (test)", "trainable params", "trainable %", "learning rate", "note"]
-    assert out.index.name == "method"
+    assert out.columns.name == "method" and out.index.name is None     # one header row: the index's name sits in it
     assert out.loc["Full"].tolist() == ["0.784 ± 0.010", "85,802,501", "100 %", "1.5e-03", "a"]
     assert out.loc["DVPT"].tolist() == ["0.710", "3,845", "0.0045 %", "3.0e-04", "–"]
     assert "nan" not in fmt.table(df).to_html().lower()
     seeds = pd.DataFrame({"seeds": [3.0, 2.0]})                   # a mean over seeds makes the count a float
     assert fmt.table(seeds).data["seeds"].tolist() == ["3", "2"]
+
+
+def test_a_mean_std_column_has_one_number_of_decimals():
+    df = pd.DataFrame({"k": [0.7495, 0.705, 0.767, 0.6], "k_std": [0.0068, 0.044, 0.011, math.nan]})
+    assert fmt.table(df, mean_std=["k"]).data["k"].tolist() == ["0.750 ± 0.007", "0.705 ± 0.044", "0.767 ± 0.011", "0.600"]
+    head = fmt.table(df.rename_axis("m")).to_html().split("<thead>")[1].split("</thead>")[0]
+    assert head.count("<tr>") == 1 and ">m</th>" in head                  # the index's name in the one header row
 
 
 def test_table_names_a_missing_column():
@@ -161,6 +168,6 @@ def test_the_results_chapter_runs_again_when_another_chapter_did(tmp_path):
 def test_table_formats_a_float_index():
     df = pd.DataFrame({"guidance": [1.0, 7.5], "fid": [31.509, 39.2031]}).set_index("guidance")
     data = fmt.table(df).data
-    assert list(data.index) == ["1.00", "7.50"] and data.index.name == "guidance"
+    assert list(data.index) == ["1.00", "7.50"] and data.columns.name == "guidance"
     assert list(data["FID"]) == ["31.5", "39.2"]
     assert list(fmt.table(df.reset_index().set_index("fid")[["guidance"]], digits=2).data.index) == ["32", "39"]

@@ -1,7 +1,7 @@
 """Numbers and tables for people: significant digits, thousands separators, percentages, labels.
 
 Every table a chapter shows goes through :func:`table`, so the book prints ``0.784 ± 0.010``
-rather than ``0.78412`` and ``0.0104`` in two columns, ``85,802,501`` rather than ``85802501``,
+rather than ``0.78412`` and ``0.0104`` in two columns (one number of decimals per column), ``85,802,501`` rather than ``85802501``,
 ``0.49 %`` rather than ``0.4912``, ``–`` rather than ``NaN``, and ``Kappa (test)`` rather than
 ``test_kappa``.
 
@@ -70,16 +70,32 @@ def percent(x: Any, digits: int = 2, scale: float = 1.0, dash: str = "–") -> s
     return dash if _missing(x) else f"{sig(float(x) * scale, digits)} %"
 
 
-def _mean_std(mean: Any, std: Any, digits: int = 3) -> str:
-    """``"0.784 ± 0.010"``: the std with 2 significant digits and the mean to the same decimals;
-    just the mean when the std is missing (one seed)."""
+def _std_decimals(std: Any) -> int | None:
+    """The decimals that show ``std`` with 2 significant digits (None: no std)."""
+    if _missing(std) or float(std) == 0:
+        return None
+    return max(1 - math.floor(math.log10(abs(float(std)))), 0)
+
+
+def _mean_std(mean: Any, std: Any, digits: int = 3, decimals: int | None = None) -> str:
+    """``"0.784 ± 0.010"``: the std with 2 significant digits and the mean to the same decimals
+    (or ``decimals`` for both, so a column lines up); just the mean when the std is missing (one seed)."""
     if _missing(mean):
         return "–"
-    if _missing(std) or float(std) == 0:
-        return sig(mean, digits)
-    s = float(std)
-    decimals = max(1 - math.floor(math.log10(abs(s))), 0)
-    return f"{float(mean):,.{decimals}f} ± {s:.{decimals}f}"
+    d = _std_decimals(std)
+    if d is None:
+        return sig(mean, digits) if decimals is None else f"{float(mean):,.{decimals}f}"
+    d = d if decimals is None else decimals
+    return f"{float(mean):,.{d}f} ± {float(std):.{d}f}"
+
+
+def _column_decimals(stds: Iterable[Any]) -> int | None:
+    """One number of decimals for a whole ``mean ± std`` column: the most common among its rows
+    (ties: the finer), so ``0.750 ± 0.007`` and ``0.705 ± 0.044`` line up."""
+    ds = [d for d in map(_std_decimals, stds) if d is not None]
+    if not ds:
+        return None
+    return max(set(ds), key=lambda d: (ds.count(d), d))
 
 
 mean_std = _mean_std
@@ -123,7 +139,8 @@ def table(df: "Any", columns: Sequence[str] | None = None, mean_std: Iterable[st
         col = df[c]
         if c in ms:
             std = df[f"{c}_std"] if f"{c}_std" in df.columns else pd.Series(float("nan"), index=df.index)
-            out[c] = [_mean_std(m, s, digits) for m, s in zip(col, std)]
+            d = _column_decimals(std)
+            out[c] = [_mean_std(m, s, digits, d) for m, s in zip(col, std)]
         elif c in cnt:
             out[c] = col.map(count)
         elif c in sc:
@@ -140,6 +157,8 @@ def table(df: "Any", columns: Sequence[str] | None = None, mean_std: Iterable[st
     out = out.rename(columns=lambda c: names.get(c, c.replace("_", " ")))
     if out.index.name in names:
         out.index.name = names[out.index.name]
+    if out.index.nlevels == 1 and out.columns.nlevels == 1 and out.columns.name is None:
+        out.columns.name, out.index.name = out.index.name, None     # the index's name in the header row, not a row of its own
     style = out.style.set_properties(**{"text-align": "right"})
     if caption:
         style = style.set_caption(caption)
