@@ -47,6 +47,8 @@ def test_table_formats_every_cell_and_labels_columns():
     assert "nan" not in fmt.table(df).to_html().lower()
     seeds = pd.DataFrame({"seeds": [3.0, 2.0]})                   # a mean over seeds makes the count a float
     assert fmt.table(seeds).data["seeds"].tolist() == ["3", "2"]
+    assert fmt.table(pd.DataFrame({"n": [12, 1500]})).data["n"].tolist() == ["12", "1,500"]   # an int column is a count
+    assert fmt.table(pd.DataFrame({"fits": [True, False]})).data["fits"].tolist() == ["✓", "✗"]
 
 
 def test_a_mean_std_column_has_one_number_of_decimals():
@@ -54,6 +56,13 @@ def test_a_mean_std_column_has_one_number_of_decimals():
     assert fmt.table(df, mean_std=["k"]).data["k"].tolist() == ["0.750 ± 0.007", "0.705 ± 0.044", "0.767 ± 0.011", "0.600"]
     head = fmt.table(df.rename_axis("m")).to_html().split("<thead>")[1].split("</thead>")[0]
     assert head.count("<tr>") == 1 and ">m</th>" in head                  # the index's name in the one header row
+
+
+def test_table_keeps_grouped_columns_and_labels_each_level():
+    df = pd.DataFrame({("step_ms", "DVPT"): [30.6], ("step_ms", "LoRA"): [20.4], ("MFU_%", "DVPT"): [18.9]})
+    out = fmt.table(df).data
+    assert list(out.columns) == [("step (ms)", "DVPT"), ("step (ms)", "LoRA"), ("MFU %", "DVPT")]
+    assert out.iloc[0].tolist() == ["30.6", "20.4", "18.9"]
 
 
 def test_table_names_a_missing_column():

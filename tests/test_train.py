@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn.metrics import cohen_kappa_score
@@ -177,3 +178,7 @@ def test_difference_is_the_books_yardstick_and_says_when_one_seed_cannot_tell():
     assert difference(0.68, 0.03, 0.6, 0.04) == (pytest.approx(0.08), pytest.approx(0.05), False)  # 0.08 <= 2 x 0.05
     assert difference(0.4, 0.01, 0.65, 0.006)[2] is True
     assert difference(0.7, float("nan"), 0.6, float("nan"))[2] is None                          # one seed: no noise estimate
+    from nbsupport.vit.experiment import versus
+
+    t = pd.DataFrame({"test_kappa": [0.68, 0.6], "test_kappa_std": [0.03, 0.04]}, index=["DVPT", "LoRA"])
+    assert versus(t, "DVPT", "LoRA") == "DVPT - LoRA: +0.080 Kappa (spread over seeds ±0.050: within the seed noise)"

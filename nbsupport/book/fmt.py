@@ -27,7 +27,7 @@ LABELS: dict[str, str] = {
     "lr": "learning rate", "learning_rates": "learning rates", "seeds": "seeds", "method": "method",
     "fid": "FID", "fid_std": "FID std", "kid": "KID", "kid_std": "KID std", "vendi": "Vendi", "alignment": "alignment",
     "test_score": "test score", "fraction": "labelled fraction", "generator": "generator", "classifier": "classifier",
-    "label": "method", "final_loss": "final loss", "first_loss": "first loss", "train_minutes": "training (min)",
+    "label": "method", "method_label": "method", "final_loss": "final loss", "first_loss": "first loss", "train_minutes": "training (min)",
 }
 
 
@@ -57,6 +57,13 @@ def sig(x: Any, digits: int = 3, dash: str = "–") -> str:
         return f"{x:.{max(digits - 1, 0)}e}"
     decimals = max(digits - 1 - mag, 0)
     return f"{round(x, decimals):,.{decimals}f}"
+
+
+def _text(x: Any) -> str:
+    """A text cell: yes/no as ``✓``/``✗`` (not ``True``/``False``), a missing value as ``–``."""
+    if type(x).__name__ in ("bool", "bool_"):                          # Python's and numpy's booleans
+        return "✓" if x else "✗"
+    return "–" if _missing(x) else str(x)
 
 
 def count(x: Any, dash: str = "–") -> str:
@@ -130,7 +137,7 @@ def table(df: "Any", columns: Sequence[str] | None = None, mean_std: Iterable[st
     ms, cnt, sc = list(mean_std), set(counts) | {"seeds"}, set(sci)      # a seed count is always a count
     pct = dict(percents) if isinstance(percents, Mapping) else {c: 1.0 for c in percents}
     cols = list(columns) if columns is not None else [c for c in df.columns
-                                                        if not (c.endswith("_std") and c[:-4] in ms)]
+                                                        if not (isinstance(c, str) and c.endswith("_std") and c[:-4] in ms)]
     missing = [c for c in cols if c not in df.columns]
     if missing:
         raise KeyError(f"fmt.table: no column(s) {missing}; the table has {list(df.columns)}")
@@ -141,8 +148,8 @@ def table(df: "Any", columns: Sequence[str] | None = None, mean_std: Iterable[st
             std = df[f"{c}_std"] if f"{c}_std" in df.columns else pd.Series(float("nan"), index=df.index)
             d = _column_decimals(std)
             out[c] = [_mean_std(m, s, digits, d) for m, s in zip(col, std)]
-        elif c in cnt:
-            out[c] = col.map(count)
+        elif c in cnt or (pd.api.types.is_integer_dtype(col) and not pd.api.types.is_bool_dtype(col)):
+            out[c] = col.map(count)                                   # integers stay integers: 12, not 12.0
         elif c in sc:
             out[c] = col.map(lambda v: "–" if _missing(v) else f"{float(v):.1e}")
         elif c in pct:
@@ -150,7 +157,9 @@ def table(df: "Any", columns: Sequence[str] | None = None, mean_std: Iterable[st
         elif pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
             out[c] = col.map(lambda v: sig(v, digits))
         else:
-            out[c] = col.map(lambda v: "–" if _missing(v) else str(v))
+            out[c] = col.map(_text)
+    if isinstance(df.columns, pd.MultiIndex):                         # grouped columns stay grouped
+        out.columns = pd.MultiIndex.from_tuples(out.columns, names=df.columns.names)
     if not isinstance(out.index, pd.MultiIndex) and pd.api.types.is_float_dtype(out.index):
         out.index = out.index.map(lambda v: sig(v, digits)).rename(out.index.name)   # 7.5, not 7.500000
     names = {**LABELS, **(labels or {})}
