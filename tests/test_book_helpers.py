@@ -153,20 +153,20 @@ def test_smoke_pages_label_results_but_not_drawings_or_committed_benchmarks(tmp_
 
 
 def test_the_results_chapter_runs_again_when_another_chapter_did(tmp_path):
-    """The execution cache: chapter 9 reads the other chapters' records, so its key follows them;
+    """The execution cache: chapter 10 reads the other chapters' records, so its key follows them;
     a chapter that reads none keeps its key whatever the records are."""
     from nbsupport.book.runner import chapter_key, reads_records
     from nbsupport.core.paths import repo_root
 
     ROOT = repo_root()
-    results, bench = ROOT / "notebooks" / "09_results.ipynb", ROOT / "notebooks" / "03_benchmark.ipynb"
+    results, bench = ROOT / "notebooks" / "10_results.ipynb", ROOT / "notebooks" / "03_benchmark.ipynb"
     assert reads_records(results) and not reads_records(bench)
     rec = tmp_path / "records"
     rec.mkdir()
     (rec / "03_benchmark-fundus.json").write_text('{"created": "1"}')
-    (rec / "09_results-all.json").write_text('{"created": "1"}')
+    (rec / "10_results-all.json").write_text('{"created": "1"}')
     k9, k3 = chapter_key(results, "cpu", "lib", rec), chapter_key(bench, "cpu", "lib", rec)
-    (rec / "09_results-all.json").write_text('{"created": "2"}')          # its own record: no change
+    (rec / "10_results-all.json").write_text('{"created": "2"}')          # its own record: no change
     assert chapter_key(results, "cpu", "lib", rec) == k9
     (rec / "03_benchmark-fundus.json").write_text('{"created": "2"}')     # chapter 3 ran again
     assert chapter_key(results, "cpu", "lib", rec) != k9

@@ -113,8 +113,8 @@ EXPECTED_METRICS = {
     "06_sd_finetuning": {"methods", "sd15_trainable", "generated_manifests", "generated_train_manifests"},
     "07_evaluation": {"scores", "noise_floor", "per_class_alignment", "per_condition", "judge", "fid_extractor"},
     "08_synthetic_data": {"results", "summary", "leakage_checked"},
-    "09_results": {"n_records", "chapters", "pareto_front"},
-    "10_segmentation": {"methods", "best", "mask_kinds"},
+    "10_results": {"n_records", "chapters", "pareto_front"},
+    "09_segmentation": {"methods", "best", "mask_kinds"},
 }
 # Per-method records (chapter, method set) written by nbsupport.vit.experiment.run_method.
 METHOD_RECORD_KEYS = {"test_kappa", "test_accuracy", "test_auc", "test_f1", "trainable", "checkpoint_bytes",
@@ -268,8 +268,8 @@ def test_chapter08_protocol(built_book):
 
 
 @pytest.mark.notebooks
-def test_chapter10_every_method_segments_with_seeds(built_book):
-    rec = _records(built_book[0], "10_segmentation")["10_segmentation-fundus-clinic-seg"]
+def test_chapter09_every_method_segments_with_seeds(built_book):
+    rec = _records(built_book[0], "09_segmentation")["09_segmentation-fundus-clinic-seg"]
     assert rec.metrics["mask_kinds"] == ["vessels", "optic_disc", "haemorrhages", "hard_exudates"]
     rows = rec.metrics["methods"]
     assert set(rows) == {"linear", "full", "vpt_deep", "lora", "adaptformer", "bitfit", "ssf", "dvpt"}
@@ -280,10 +280,10 @@ def test_chapter10_every_method_segments_with_seeds(built_book):
 
 
 @pytest.mark.notebooks
-def test_chapter09_regenerates_from_records(built_book):
-    rec = _records(built_book[0], "09_results")["09_results-all"]
+def test_chapter10_regenerates_from_records(built_book):
+    rec = _records(built_book[0], "10_results")["10_results-all"]
     assert rec.metrics["n_records"] > 50
-    assert {"00_setup_and_data", "03_benchmark", "06_sd_finetuning", "08_synthetic_data", "10_segmentation"} <= set(rec.metrics["chapters"])
+    assert {"00_setup_and_data", "03_benchmark", "06_sd_finetuning", "08_synthetic_data", "09_segmentation"} <= set(rec.metrics["chapters"])
     assert rec.metrics["pareto_front"]
 
 

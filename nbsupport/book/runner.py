@@ -165,7 +165,7 @@ def _library_digest(root: Path) -> str:
 
 def reads_records(notebook: Path) -> bool:
     """Whether a chapter reads the other chapters' run records (it has a ``records_path`` parameter,
-    as chapter 9 does): its output then depends on those records, not only on its own source."""
+    as chapter 10 (results) does): its output then depends on those records, not only on its own source."""
     import nbformat
 
     nb = nbformat.read(notebook, as_version=4)
@@ -239,7 +239,7 @@ def build_book(
 
     A chapter whose source, profile and library (code, shipped weights, manifests) are unchanged
     since its last successful execution into this build folder is not executed again (``force``
-    executes everything); a chapter that reads the others' run records (chapter 9) also runs again
+    executes everything); a chapter that reads the others' run records (chapter 10, results) also runs again
     whenever one of them did.
 
     Returns:

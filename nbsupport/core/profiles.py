@@ -162,7 +162,7 @@ PROFILES: dict[str, Profile] = {
         sd_guidance=7.5,    # chosen on the source domain by the pretraining record's rule (nbsupport.sd.pretrain.guidance_sweep)
         sd_n_generate=200,
         lr_factors=(1.0, 3.0, 10.0),   # 114 steps, not the papers' 100 epochs: each method's rate from a validation grid
-        seg_epochs=4,       # the budget rule: chapter 10 within 15 minutes on 2 CPU cores (6 epochs took 20.1)
+        seg_epochs=4,       # the budget rule: chapter 9 (segmentation) within 15 minutes on 2 CPU cores (6 epochs took 20.1)
     ),
     "gpu": Profile(
         name="gpu",
