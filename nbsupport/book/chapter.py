@@ -29,7 +29,9 @@ def provenance_line(profile: Profile, device: torch.device, task: str = "classif
     v = library_versions()
     libs = ", ".join(f"{k} {v[k]}" for k in ("torch", "timm", "peft", "diffusers", "nbsupport") if v.get(k))
     commit = (records.git_commit() or "")[:10]
-    if profile.random_weights:
+    if task == "none":
+        weights = "none (this page trains and runs no model)"
+    elif profile.random_weights:
         weights = "tiny, random"
     elif task == "text-to-image":
         weights = {"pocket": "pocket-fundus-sd (the book's pocket Stable Diffusion)",
@@ -99,7 +101,8 @@ def start(name: str, profile: str | Profile, seed: int = 0, dataset: str | None 
         profile: ``smoke`` / ``cpu`` / ``gpu`` / ``full`` (or a Profile).
         seed: seeds Python, NumPy and torch.
         dataset: manifest name; ``None`` takes the profile's default for ``task``.
-        task: which default dataset applies (``text-to-image`` for the Stable Diffusion chapters).
+        task: which default dataset applies (``text-to-image`` for the Stable Diffusion chapters);
+            ``none`` for a page that uses no model (its provenance line says so).
         device: overrides the automatic choice (CUDA, then MPS, then CPU; ``$NBSUPPORT_DEVICE``).
         seeds: training seeds where methods are compared; ``None`` takes the profile's.
         show: display the provenance line and the profile banner.

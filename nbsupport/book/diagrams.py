@@ -94,7 +94,7 @@ def dvpt_module() -> Any:
     down = c.box(2.7, 2.2, 1.8, 1.0, "bottleneck\nGELU(down(x))\nD → r", TRAINED)
     kv = c.box(5.1, 2.2, 1.9, 1.0, "H  [B, N, r]\n→ keys, values,\ntoken queries", TRAINED)
     prompts = c.box(2.7, 4.4, 1.8, 1.0, "learnable prompts\n[P, r]\n→ queries", TRAINED)
-    xattn1 = c.box(7.5, 4.0, 2.5, 1.2, "cross-attention 1\nprompts read the tokens\n→ dynamic prompts [B, P, r]",
+    xattn1 = c.box(7.5, 4.0, 2.5, 1.2, "cross-attention 1\nprompts read the tokens\n→ dynamic prompts\n[B, P, r]",
                    TRAINED)
     xattn2 = c.box(7.5, 2.2, 2.5, 1.2, "cross-attention 2\ntokens read the prompts\n→ [B, N, r]", TRAINED)
     up = c.box(10.45, 2.2, 1.0, 1.0, "up\nr → D", TRAINED)
@@ -105,7 +105,7 @@ def dvpt_module() -> Any:
     c.arrow(c.right(down), c.left(kv))
     c.arrow(c.right(prompts), c.left(xattn1), "queries Q")
     c.arrow((kv[0] + kv[2], kv[1] + 0.8), (xattn1[0], xattn1[1] + 0.3), "keys, values", rad=0.0, offset=(-0.5, -0.1))
-    c.arrow(c.right(kv), c.left(xattn2), "token queries", offset=(0, -0.42))
+    c.arrow(c.right(kv), c.left(xattn2))                  # the token queries (the box says so; a label would sit on edges)
     c.arrow(c.bottom(xattn1), c.top(xattn2), "keys, values", offset=(0.55, -0.1))
     c.arrow(c.right(xattn2), c.left(up))
     c.arrow(c.right(up), c.left(gate))

@@ -50,7 +50,7 @@ class RunRecord:
         chapter: e.g. ``"00_setup_and_data"``.
         profile: ``smoke`` / ``cpu`` / ``gpu`` / ``full``.
         dataset: manifest name.
-        weights: ``"random"`` or ``"pretrained:<hub id>@<revision>"``.
+        weights: ``"random"``, ``"none"`` (the chapter used no model) or ``"pretrained:<hub id>@<revision>"``.
         method: adaptation method or ``None``.
         params: the run's settings (hyper-parameters, counts).
         metrics: what was measured (floats, ints, or nested dicts/lists of them).
@@ -146,8 +146,8 @@ def write_record(
     """
     from nbsupport.core.distributed import is_main_process, launched
 
-    if weights != "random" and not weights.startswith(("pretrained", "local:", "finetuned")):
-        raise ValueError(f"weights={weights!r}: expected 'random', 'pretrained:<id>@<rev>', "
+    if weights not in ("random", "none") and not weights.startswith(("pretrained", "local:", "finetuned")):
+        raise ValueError(f"weights={weights!r}: expected 'random', 'none' (no model used), 'pretrained:<id>@<rev>', "
                          "'local:<path>' or 'finetuned:<what>'")
     dev = torch.device(device) if device is not None else (timer.device if timer else torch.device("cpu"))
     rec = RunRecord(
