@@ -32,6 +32,8 @@ def test_mean_std_rounds_the_mean_to_the_std():
 
 def test_percent_and_count():
     assert fmt.percent(0.4912) == "0.49 %" and fmt.percent(0.25, scale=100) == "25 %"
+    assert fmt.percent(0.9965, scale=100) == "99.7 %" and fmt.percent(100.004) == "100 %"   # not rounded up to 100
+    assert fmt.mean_std(0.3441, 0.0051) == "0.344 ± 0.005" and fmt.mean_std(0.5, 0.0002) == "0.50000 ± 0.00020"
     assert fmt.count(85802501.0) == "85,802,501" and fmt.count(None) == "–"
 
 
@@ -49,6 +51,8 @@ def test_table_formats_every_cell_and_labels_columns():
     assert fmt.table(seeds).data["seeds"].tolist() == ["3", "2"]
     assert fmt.table(pd.DataFrame({"n": [12, 1500]})).data["n"].tolist() == ["12", "1,500"]   # an int column is a count
     assert fmt.table(pd.DataFrame({"fits": [True, False]})).data["fits"].tolist() == ["✓", "✗"]
+    long = fmt.table(pd.DataFrame({"licence": ["Kaggle competition rules (non-commercial research)"], "n": [3]})).to_html()
+    assert "white-space: normal" in long                          # long text wraps in its cell
 
 
 def test_a_mean_std_column_has_one_number_of_decimals():
@@ -180,3 +184,29 @@ def test_table_formats_a_float_index():
     assert list(data.index) == ["1.00", "7.50"] and data.columns.name == "guidance"
     assert list(data["FID"]) == ["31.5", "39.2"]
     assert list(fmt.table(df.reset_index().set_index("fid")[["guidance"]], digits=2).data.index) == ["32", "39"]
+
+
+def test_a_renamed_chapter_leaves_no_stale_records(tmp_path):
+    from nbsupport.book.runner import drop_stale_outputs
+
+    (tmp_path / "records").mkdir()
+    (tmp_path / "executed" / "notebooks").mkdir(parents=True)
+    old = [tmp_path / "records" / "10_segmentation-lora-fundus-s0.json", tmp_path / "executed" / "notebooks" / "10_segmentation.ipynb",
+           tmp_path / "executed" / "notebooks" / ".10_segmentation.key"]
+    kept = [tmp_path / "records" / "09_segmentation-lora-fundus-s0.json", tmp_path / "records" / "notes.json",
+            tmp_path / "executed" / "notebooks" / "09_segmentation.ipynb"]
+    for p in old + kept:
+        p.write_text("{}")
+    said = []
+    assert sorted(drop_stale_outputs(tmp_path, ["09_segmentation", "10_results"], said.append)) == sorted(old)
+    assert all(p.exists() for p in kept) and not any(p.exists() for p in old)
+    assert "10_segmentation" in said[0]
+
+
+def test_a_method_keeps_its_colour_across_chapters():
+    from nbsupport.book import viz
+    from nbsupport.vit.methods import METHODS
+
+    colours = viz.method_colours()
+    assert set(colours) == {m.label for m in METHODS.values()} | {"Decoder only"}
+    assert colours["Decoder only"] == colours["Linear probe"] and len({colours[m.label] for m in METHODS.values()}) == len(METHODS)

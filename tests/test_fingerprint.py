@@ -58,7 +58,7 @@ def test_the_lr_grid_picks_by_validation_and_its_runs_are_reused(smoke_setup, ca
     assert set(grid) == {1e-3, 3e-3} and grid[lr] == max(grid.values())
     capsys.readouterr()
     rows = experiment.run_seeds("bitfit", bb, data, "smoke", "test", "cpu", [0], epochs=1, lr=lr, record=False)
-    assert rows[0]["lr"] == lr and "reusing the finished run" in capsys.readouterr().out   # the grid's run
+    assert rows[0]["lr"] == lr and "reusing the finished run" in capsys.readouterr().err   # the grid's run
 
 
 def test_a_changed_split_never_resumes_an_old_model(smoke_setup, capsys):
@@ -67,9 +67,9 @@ def test_a_changed_split_never_resumes_an_old_model(smoke_setup, capsys):
                                   train_config=experiment.default_train_config("smoke", "linear", epochs=1))
     again = experiment.run_method("linear", bb, data, "smoke", "b", "cpu", record=False, progress=True,
                                   train_config=experiment.default_train_config("smoke", "linear", epochs=1))
-    assert again["checkpoint"] == first["checkpoint"] and "reusing" in capsys.readouterr().out
+    assert again["checkpoint"] == first["checkpoint"] and "reusing" in capsys.readouterr().err
     moved = experiment.ClassificationData(label_subset(data.train, 0.5), data.val, data.test, data.num_classes,
                                           data.classes, data.dataset)
     other = experiment.run_method("linear", bb, moved, "smoke", "a", "cpu", record=False, progress=False,
                                   train_config=experiment.default_train_config("smoke", "linear", epochs=1))
-    assert other["checkpoint"] != first["checkpoint"] and "reusing" not in capsys.readouterr().out
+    assert other["checkpoint"] != first["checkpoint"] and "reusing" not in capsys.readouterr().err

@@ -20,7 +20,7 @@ from nbsupport.core.profiles import Profile, get_profile
 
 __all__ = ["Chapter", "start", "provenance_line"]
 
-Task = Literal["classification", "text-to-image", "none"]
+Task = Literal["classification", "text-to-image", "generated-images", "none"]
 
 
 def provenance_line(profile: Profile, device: torch.device, task: str = "classification") -> str:
@@ -33,9 +33,11 @@ def provenance_line(profile: Profile, device: torch.device, task: str = "classif
         weights = "none (this page trains and runs no model)"
     elif profile.random_weights:
         weights = "tiny, random"
-    elif task == "text-to-image":
+    elif task in ("text-to-image", "generated-images"):
         weights = {"pocket": "pocket-fundus-sd (the book's pocket Stable Diffusion)",
                    "sd15": "Stable Diffusion v1.5"}.get(profile.sd_model, profile.sd_model)
+        if task == "generated-images":          # the images come from chapter 6; ViTs judge or learn from them
+            weights = f"{weights.split(' (')[0]} (its images), {profile.vit} (the ViTs that read them)"
     else:
         weights = profile.vit
     return (f"profile {profile.name} | device {describe_device(device)['name']} | weights {weights} | {libs}"
@@ -101,7 +103,8 @@ def start(name: str, profile: str | Profile, seed: int = 0, dataset: str | None 
         profile: ``smoke`` / ``cpu`` / ``gpu`` / ``full`` (or a Profile).
         seed: seeds Python, NumPy and torch.
         dataset: manifest name; ``None`` takes the profile's default for ``task``.
-        task: which default dataset applies (``text-to-image`` for the Stable Diffusion chapters);
+        task: which default dataset applies (``text-to-image`` for the Stable Diffusion chapters,
+            ``generated-images`` for those that read chapter 6's images with ViTs);
             ``none`` for a page that uses no model (its provenance line says so).
         device: overrides the automatic choice (CUDA, then MPS, then CPU; ``$NBSUPPORT_DEVICE``).
         seeds: training seeds where methods are compared; ``None`` takes the profile's.
@@ -110,7 +113,8 @@ def start(name: str, profile: str | Profile, seed: int = 0, dataset: str | None 
     prof = get_profile(profile)
     dev = pick_device(str(device) if device is not None else None)
     seed_everything(seed)
-    default = {"text-to-image": prof.sd_dataset, "segmentation": prof.seg_dataset}.get(task, prof.default_dataset)
+    default = {"text-to-image": prof.sd_dataset, "generated-images": prof.sd_dataset,
+               "segmentation": prof.seg_dataset}.get(task, prof.default_dataset)
     ch = Chapter(name=name, profile=prof, device=dev, seed=seed, dataset=dataset or default,
                  seeds=tuple(int(s) for s in (seeds if seeds is not None else prof.seeds)),
                  timer=records.RunTimer(dev), provenance=provenance_line(prof, dev, task))

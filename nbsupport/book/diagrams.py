@@ -193,7 +193,7 @@ def evaluation_protocol() -> Any:
     """Which real images each evaluation uses, and which model judges what (chapters 07 and 08)."""
     c = _Canvas(13.2, 7.4, title="Evaluating a fine-tuned generator: disjoint real splits, independent judges")
     held = c.box(0.2, 5.6, 2.4, 0.9, "real: held out\n(the judge's training)", DATA)
-    judge = c.box(3.3, 5.6, 2.2, 0.9, "alignment classifier\n(its own weights)", TRAINED)
+    judge = c.box(3.3, 5.6, 2.2, 0.9, "alignment classifier\n(fully fine-tuned)", TRAINED)
     align = c.box(9.3, 5.6, 3.6, 0.9, "alignment: does the image\nshow the prompted grade?", OUTPUT, size=8)
     gen_train = c.box(0.2, 4.2, 2.4, 0.9, "real: the generator's\ntraining images", DATA)
     gen = c.box(3.3, 4.2, 2.2, 0.9, "fine-tuned\ngenerator", TRAINED)
@@ -202,11 +202,11 @@ def evaluation_protocol() -> Any:
                  size=7.8)
     fid = c.box(9.3, 2.9, 3.6, 1.0, "FID, KID vs real test\n(+ real-vs-real noise floor)\nVendi: diversity", OUTPUT, size=8)
     test = c.box(0.2, 1.4, 2.4, 0.9, "real: test images", DATA)
-    use = c.box(9.3, 0.7, 3.6, 1.5, "usefulness (ch. 08): a classifier\ntrained on scarce real,\nreal + synthetic, synthetic only\n"
+    use = c.box(9.3, 0.7, 3.6, 1.5, "usefulness (chapter 8): a classifier\ntrained on scarce real,\nreal + synthetic, synthetic only\n"
                 "→ scored on real test", OUTPUT, size=7.8)
     c.arrow(c.right(held), c.left(judge), "train")
     c.arrow(c.right(judge), c.left(align), "judges")
-    c.arrow(c.right(gen_train), c.left(gen), "fine-tune")
+    c.arrow(c.right(gen_train), c.left(gen))              # the box says "fine-tuned"; a label would not fit
     c.arrow(c.right(gen), c.left(fake), "sample")
     c.arrow((fake[0] + fake[2], fake[1] + 0.7), (align[0], align[1] + 0.2), rad=0.15)
     c.arrow(c.bottom(fake), c.top(feat))
@@ -214,7 +214,7 @@ def evaluation_protocol() -> Any:
     c.arrow(c.right(feat), c.left(fid))
     c.arrow((fake[0] + fake[2], fake[1] + 0.1), (use[0], use[1] + use[3] - 0.2), rad=-0.15)
     c.arrow((test[0] + test[2], test[1] + 0.15), (use[0], use[1] + 0.4), rad=0.05)
-    c.note(0.2, 0.1, "No real image is in two of the three splits; the judge of alignment shares no weights\n"
-           "with FID's extractor and never saw the generator's training images.", size=8)
+    c.note(0.2, 0.1, "No real image is in two of the three splits; the judge of alignment starts from the\n"
+           "extractor's weights but is fully fine-tuned (every weight moves), and never saw the generator's training images.", size=8)
     c.legend(3.3, 6.85, [(DATA, "real data"), (FROZEN, "frozen"), (TRAINED, "trained"), (OUTPUT, "result")])
     return c.done()

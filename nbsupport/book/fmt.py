@@ -74,14 +74,22 @@ def count(x: Any, dash: str = "–") -> str:
 def percent(x: Any, digits: int = 2, scale: float = 1.0, dash: str = "–") -> str:
     """``x * scale`` as a percentage with ``digits`` significant digits (``percent(0.4912) == "0.49 %"``;
     ``percent(0.25, scale=100) == "25 %"``)."""
-    return dash if _missing(x) else f"{sig(float(x) * scale, digits)} %"
+    if _missing(x):
+        return dash
+    v = float(x) * scale
+    while digits < 5 and ((0 < v < 100 and float(sig(v, digits).replace(",", "")) == 100)
+                          or (v > 0 and float(sig(v, digits).replace(",", "")) == 0)):
+        digits += 1                                   # 99.65 % is not 100 %
+    return f"{sig(v, digits)} %"
 
 
 def _std_decimals(std: Any) -> int | None:
     """The decimals that show ``std`` with 2 significant digits (None: no std)."""
     if _missing(std) or float(std) == 0:
         return None
-    return max(1 - math.floor(math.log10(abs(float(std)))), 0)
+    s = abs(float(std))
+    d = max(1 - math.floor(math.log10(s)), 0)
+    return 3 if d > 3 and s >= 0.0005 else d      # scores in [0, 1]: three decimals are enough (0.344 ± 0.005)
 
 
 def _mean_std(mean: Any, std: Any, digits: int = 3, decimals: int | None = None) -> str:
@@ -142,6 +150,7 @@ def table(df: "Any", columns: Sequence[str] | None = None, mean_std: Iterable[st
     if missing:
         raise KeyError(f"fmt.table: no column(s) {missing}; the table has {list(df.columns)}")
     out = pd.DataFrame(index=df.index)
+    wrap: list[Any] = []
     for c in cols:
         col = df[c]
         if c in ms:
@@ -158,17 +167,23 @@ def table(df: "Any", columns: Sequence[str] | None = None, mean_std: Iterable[st
             out[c] = col.map(lambda v: sig(v, digits))
         else:
             out[c] = col.map(_text)
+            if out[c].str.len().max() > 28:              # long text wraps in its cell; numbers never do
+                wrap.append(c)
     if isinstance(df.columns, pd.MultiIndex):                         # grouped columns stay grouped
         out.columns = pd.MultiIndex.from_tuples(out.columns, names=df.columns.names)
     if not isinstance(out.index, pd.MultiIndex) and pd.api.types.is_float_dtype(out.index):
         out.index = out.index.map(lambda v: sig(v, digits)).rename(out.index.name)   # 7.5, not 7.500000
     names = {**LABELS, **(labels or {})}
-    out = out.rename(columns=lambda c: names.get(c, c.replace("_", " ")))
+    shown = (lambda c: names.get(c, c.replace("_", " ")) if isinstance(c, str) else c)
+    out = out.rename(columns=shown)
+    wrap = [tuple(map(shown, c)) if isinstance(c, tuple) else shown(c) for c in wrap]
     if out.index.name in names:
         out.index.name = names[out.index.name]
     if out.index.nlevels == 1 and out.columns.nlevels == 1 and out.columns.name is None:
         out.columns.name, out.index.name = out.index.name, None     # the index's name in the header row, not a row of its own
     style = out.style.set_properties(**{"text-align": "right"})
+    if wrap:
+        style = style.set_properties(subset=wrap, **{"white-space": "normal", "min-width": "14em", "text-align": "left"})
     if caption:
         style = style.set_caption(caption)
     return style

@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import yaml
 
@@ -227,6 +227,26 @@ def local_mathjax() -> Path | None:
     return static if (static / "MathJax.js").is_file() else None
 
 
+def drop_stale_outputs(build_dir: Path, chapter_stems: Sequence[str], log: Callable[[str], None] = print) -> list[Path]:
+    """Delete the run records and executed copies of chapters no longer in the book (a chapter renamed
+    or removed), so the results chapter, which reads every record, shows only this book's chapters.
+
+    Only files named like a chapter (``NN_slug...``) are touched. Returns what was deleted.
+    """
+    keep, gone = set(chapter_stems), []
+    candidates = [*(build_dir / "records").glob("*.json"), *(build_dir / "executed").rglob("*.ipynb"),
+                  *(build_dir / "executed").rglob(".*.key")]
+    for path in candidates:
+        stem = path.name.lstrip(".").split("-")[0].removesuffix(".json").removesuffix(".ipynb").removesuffix(".key")
+        if re.match(r"^\d\d_", stem) and stem not in keep:
+            path.unlink()
+            gone.append(path)
+    if gone:
+        log(f"removed {len(gone)} record(s) and executed copies of chapters no longer in _toc.yml: "
+            + ", ".join(sorted({p.name.lstrip('.').split('-')[0].split('.')[0] for p in gone})))
+    return gone
+
+
 def build_book(
     profile: str = "smoke",
     root: Path | None = None,
@@ -251,6 +271,7 @@ def build_book(
     executed = build_dir / "executed"
     stage = build_dir / "stage"
     chapters = toc_chapters(root)
+    drop_stale_outputs(build_dir, [nb.stem for nb in chapters], log)
     if execute:
         digest = _library_digest(root)
         t_all = time.perf_counter()
@@ -305,6 +326,8 @@ def build_book(
         _prepare_page(src, stage / rel, smoke=get_profile(profile).random_weights)
     jb = Path(sys.executable).parent / "jupyter-book"
     cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(stage), "--path-output", str(build_dir)]
+    if (build_dir / "_build").exists():      # a fresh site (seconds): Sphinx would keep the sidebar of unchanged
+        shutil.rmtree(build_dir / "_build")   # pages, and the pages of chapters no longer in the toc, from before
     log("building HTML: " + " ".join(cmd))
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["LESION_COLOURS", "image_grid", "overlay_masks", "profile_banner", "to_uint8"]
+__all__ = ["LESION_COLOURS", "image_grid", "method_colours", "overlay_masks", "profile_banner", "to_uint8"]
 
 LESION_COLOURS: dict[str, tuple[int, int, int]] = {
     "microaneurysms": (255, 0, 255),
@@ -66,6 +66,19 @@ def image_grid(images: Sequence[np.ndarray], titles: Sequence[str] | None = None
         fig.suptitle(suptitle)
     fig.tight_layout()
     return fig
+
+
+def method_colours() -> dict[str, Any]:
+    """One colour per ViT method's display label (registry order, ``tab10``), so a method has the same
+    colour in every chapter's plot; ``"Decoder only"`` (the linear probe of segmentation) shares the
+    linear probe's. Use as a seaborn ``palette`` or look up ``colours[label]``."""
+    import seaborn as sns
+
+    from nbsupport.vit.methods import METHODS
+
+    colours = dict(zip((m.label for m in METHODS.values()), sns.color_palette("tab10", len(METHODS))))
+    colours["Decoder only"] = colours[METHODS["linear"].label]
+    return colours
 
 
 def profile_banner(profile: str, random_weights: bool, provenance: str = "") -> None:

@@ -16,6 +16,7 @@ noise.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -291,7 +292,7 @@ def train_sd(
         start_step, losses = state["step"], state["losses"]
         seconds, samples = state.get("seconds", 0.0), state.get("samples", 0)
         if progress:
-            print(f"resuming {method} from checkpoint {ckpt.name} at step {start_step}")
+            print(f"resuming {method} from checkpoint {ckpt.name} at step {start_step}", file=sys.stderr)
 
     def save_last(step: int) -> None:
         """Weights, optimizer and counters of one step, published together (see StepCheckpoints)."""

@@ -13,6 +13,7 @@ epoch's checkpoint or the new one, never a mix.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -328,9 +329,9 @@ def train_classifier(
         steps_done, images_done = state.get("steps", 0), state.get("images", 0)
         if start_epoch >= cfg.epochs and progress:
             print(f"reusing the finished run {ckpt.name} ({start_epoch} epochs, best val {select} "
-                  f"{best_score:.3f} at epoch {best_epoch}); only the test set is evaluated again")
+                  f"{best_score:.3f} at epoch {best_epoch}); only the test set is evaluated again", file=sys.stderr)
         elif progress:
-            print(f"resuming {ckpt.name} after epoch {start_epoch} (best val {select} {best_score:.3f})")
+            print(f"resuming {ckpt.name} after epoch {start_epoch} (best val {select} {best_score:.3f})", file=sys.stderr)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
