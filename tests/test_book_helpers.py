@@ -53,6 +53,8 @@ def test_table_formats_every_cell_and_labels_columns():
     assert fmt.table(pd.DataFrame({"fits": [True, False]})).data["fits"].tolist() == ["✓", "✗"]
     long = fmt.table(pd.DataFrame({"licence": ["Kaggle competition rules (non-commercial research)"], "n": [3]})).to_html()
     assert "white-space: normal" in long                          # long text wraps in its cell
+    twice = pd.DataFrame({"weights": ["pretrained:pocket-fundus-vit@sha256:2b00c291", "random"]}, index=["01", "01"])
+    assert "white-space: normal" in fmt.table(twice).to_html()     # a repeated index (a chapter with two models)
 
 
 def test_a_mean_std_column_has_one_number_of_decimals():

@@ -181,9 +181,12 @@ def table(df: "Any", columns: Sequence[str] | None = None, mean_std: Iterable[st
         out.index.name = names[out.index.name]
     if out.index.nlevels == 1 and out.columns.nlevels == 1 and out.columns.name is None:
         out.columns.name, out.index.name = out.index.name, None     # the index's name in the header row, not a row of its own
-    style = out.style.set_properties(**{"text-align": "right"})
-    if wrap:
-        style = style.set_properties(subset=wrap, **{"white-space": "normal", "min-width": "14em", "text-align": "left"})
+    style = out.style.set_table_styles([{"selector": "td", "props": "text-align: right;"}])   # CSS, not per cell:
+    # per-cell properties (Styler.map) refuse a repeated index, which a table of records can have
+    if wrap:                        # by column position: works with a repeated index (a chapter with two models)
+        style = style.set_table_styles([{"selector": f"td.col{list(out.columns).index(c)}",
+                                         "props": "white-space: normal; min-width: 14em; text-align: left;"}
+                                        for c in wrap], overwrite=False)
     if caption:
         style = style.set_caption(caption)
     return style
