@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = ap.parse_args(argv)
     prof = get_profile(args.profile)
+    if not set(prof.lr_factors) <= set(args.factors):
+        ap.error(f"--factors {args.factors} must include profile {prof.name!r}'s own {list(prof.lr_factors)}")
     device = pick_device()
     bb = experiment.make_backbone(prof.name, num_classes=5, seed=args.seed)
     data = experiment.load_classification_data(prof.default_dataset, prof.name, bb)

@@ -30,6 +30,10 @@ def test_mean_std_rounds_the_mean_to_the_std():
     assert fmt.mean_std(float("nan"), 0.1) == "–"
 
 
+def test_metric_name_is_the_short_display_name():
+    assert fmt.metric_name("test_kappa") == "Kappa" and fmt.metric_name("test_dice_x") == "test dice x"
+
+
 def test_percent_and_count():
     assert fmt.percent(0.4912) == "0.49 %" and fmt.percent(0.25, scale=100) == "25 %"
     assert fmt.percent(0.9965, scale=100) == "99.7 %" and fmt.percent(100.004) == "100 %"   # not rounded up to 100

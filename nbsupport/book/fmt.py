@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
-__all__ = ["LABELS", "sig", "count", "percent", "mean_std", "table"]
+__all__ = ["LABELS", "sig", "count", "percent", "mean_std", "metric_name", "table"]
 
 #: Display names of the run records' keys (a table's columns are renamed with these).
 LABELS: dict[str, str] = {
@@ -59,6 +59,11 @@ def sig(x: Any, digits: int = 3, dash: str = "–") -> str:
     return f"{round(x, decimals):,.{decimals}f}"
 
 
+def metric_name(key: str) -> str:
+    """A score's short display name: ``metric_name("test_kappa") == "Kappa"`` (the test split is implied)."""
+    return LABELS.get(key, key.replace("_", " ")).replace(" (test)", "")
+
+
 def _text(x: Any) -> str:
     """A text cell: yes/no as ``✓``/``✗`` (not ``True``/``False``), a missing value as ``–``."""
     if type(x).__name__ in ("bool", "bool_"):                          # Python's and numpy's booleans
@@ -84,12 +89,13 @@ def percent(x: Any, digits: int = 2, scale: float = 1.0, dash: str = "–") -> s
 
 
 def _std_decimals(std: Any) -> int | None:
-    """The decimals that show ``std`` with 2 significant digits (None: no std)."""
+    """The decimals that show ``std`` with 2 significant digits, at most 3 once ``std >= 0.0005``
+    (``0.344 ± 0.005``, not ``0.3441 ± 0.0051``); None: no std."""
     if _missing(std) or float(std) == 0:
         return None
     s = abs(float(std))
     d = max(1 - math.floor(math.log10(s)), 0)
-    return 3 if d > 3 and s >= 0.0005 else d      # scores in [0, 1]: three decimals are enough (0.344 ± 0.005)
+    return 3 if d > 3 and s >= 0.0005 else d
 
 
 def _mean_std(mean: Any, std: Any, digits: int = 3, decimals: int | None = None) -> str:

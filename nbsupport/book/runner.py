@@ -233,17 +233,18 @@ def drop_stale_outputs(build_dir: Path, chapter_stems: Sequence[str], log: Calla
 
     Only files named like a chapter (``NN_slug...``) are touched. Returns what was deleted.
     """
-    keep, gone = set(chapter_stems), []
+    def chapter_of(path: Path) -> str:   # 03_benchmark-lora-s0.json, 03_benchmark.ipynb, .03_benchmark.key
+        return path.name.lstrip(".").split("-")[0].split(".")[0]
+
+    keep = set(chapter_stems)
     candidates = [*(build_dir / "records").glob("*.json"), *(build_dir / "executed").rglob("*.ipynb"),
                   *(build_dir / "executed").rglob(".*.key")]
-    for path in candidates:
-        stem = path.name.lstrip(".").split("-")[0].removesuffix(".json").removesuffix(".ipynb").removesuffix(".key")
-        if re.match(r"^\d\d_", stem) and stem not in keep:
-            path.unlink()
-            gone.append(path)
+    gone = [p for p in candidates if re.match(r"^\d\d_", chapter_of(p)) and chapter_of(p) not in keep]
+    for path in gone:
+        path.unlink()
     if gone:
         log(f"removed {len(gone)} record(s) and executed copies of chapters no longer in _toc.yml: "
-            + ", ".join(sorted({p.name.lstrip('.').split('-')[0].split('.')[0] for p in gone})))
+            + ", ".join(sorted({chapter_of(p) for p in gone})))
     return gone
 
 

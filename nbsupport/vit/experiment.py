@@ -400,9 +400,7 @@ def versus(table: "pandas.DataFrame", a: str, b: str, metric: str = "test_kappa"
     """One sentence comparing rows ``a`` and ``b`` of a :func:`summarise` table with :func:`difference`."""
     d, spread, beyond = difference(table.loc[a, metric], table.loc[a, f"{metric}_std"],
                                    table.loc[b, metric], table.loc[b, f"{metric}_std"])
-    from nbsupport.book.fmt import LABELS
-
-    name = LABELS.get(metric, metric).replace(" (test)", "")            # test_kappa -> Kappa
+    name = {"test_kappa": "Kappa", "test_dice": "Dice", "test_iou": "IoU"}.get(metric, metric)
     if beyond is None:
         return f"{a} - {b}: {d:+.3f} {name} (one seed: no estimate of the noise)"
     verdict = "larger than the seed noise" if beyond else "within the seed noise"
