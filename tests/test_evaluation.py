@@ -145,7 +145,7 @@ def test_alignment_judge_is_another_model_trained_on_images_the_generator_never_
     monkeypatch.setenv("NBSUPPORT_CACHE", str(tmp_path))
     gen_train = build_dataset("fundus-clinic", "train", task="text-to-image", image_size=64, limit=40)
     train, val, source = judge_mod.judge_training_set("fundus-clinic", "cpu", 64, POCKET_MEAN, POCKET_STD, gen_train, 30)
-    assert len(train) == 30 and val is None and "after the generator's 40" in source
+    assert len(train) == 30 and val is None and "after the 40 the generator trained on" in source
     assert not set(item_keys(train)) & set(item_keys(gen_train))
     with pytest.raises(AssertionError, match="leaked"):           # a judge set that overlaps is refused
         judge_mod.assert_disjoint(item_keys(gen_train), item_keys(gen_train))

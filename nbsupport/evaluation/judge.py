@@ -63,8 +63,8 @@ class Judge:
 
     def describe(self) -> str:
         """One line for the page: what the judge is, what it learnt from, how good it is on real images."""
-        return (f"{JUDGE_METHOD} fine-tuning of {self.backbone} ({self.weights}) on {self.n_train} real images "
-                f"({self.source}); its own {self.score_name.removeprefix('test_')} on the real test images: "
+        return (f"{JUDGE_METHOD} fine-tuning of {self.backbone} ({self.weights}) on {self.n_train} real images, "
+                f"{self.source}. Its own {self.score_name.removeprefix('test_')} on the real test images: "
                 f"{self.test_score:.3f}")
 
     def predict(self, images: Sequence[np.ndarray], device: torch.device | str = "cpu",
@@ -99,13 +99,13 @@ def judge_training_set(dataset: str, profile: str, image_size: int, mean: Sequen
     full = build_dataset(m, "train", limit=skip + n if synthetic else None, **kw)
     idx = list(range(skip, min(len(full), skip + n)))
     if idx:
-        train, val, source = _with_targets(full, idx), None, f"training split, images {skip}-{idx[-1]} (after the generator's {skip})"
+        train, val, source = _with_targets(full, idx), None, f"training-split images {skip}-{idx[-1]}, after the {skip} the generator trained on"
     else:
         whole_val = build_dataset(m, "val", limit=get_profile(profile).n_val if synthetic else None, **kw)
         half = len(whole_val) // 2
         train = _with_targets(whole_val, list(range(half)))
         val = _with_targets(whole_val, list(range(half, len(whole_val))))
-        source = f"first half of the validation split ({half} images; the generator used the whole training split)"
+        source = f"the first {half} of the validation split, since the generator trained on the whole training split"
     from nbsupport.data.fingerprint import item_keys
 
     assert_disjoint(item_keys(train), item_keys(generator_train), "image")
