@@ -195,6 +195,30 @@ def test_caching_and_optimizer_notice(t2i, tmp_path_factory):
     assert res.cached == {"latents": False, "text": False}
 
 
+class _Counting(torch.utils.data.Dataset):
+    """A dataset that counts its item reads (each one decodes an image in a real dataset)."""
+
+    def __init__(self, inner):
+        self.inner, self.reads = inner, 0
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return self.inner[i]
+
+
+def test_cached_training_reads_each_item_once_and_matches_the_uncached_loss(t2i, tmp_path_factory):
+    data = _Counting(t2i)
+    cached = train_sd(tiny(t2i, tmp_path_factory), "lora", data, SDTrainConfig(steps=3, lr=1e-3, **CFG), progress=False)
+    assert cached.cached == {"latents": True, "text": True} and data.reads == len(t2i)   # the caching pass only
+    plain = train_sd(tiny(t2i, tmp_path_factory), "lora", t2i, SDTrainConfig(steps=3, lr=1e-3, cache=False, **CFG),
+                     progress=False)
+    assert plain.cached == {"latents": False, "text": False}
+    assert cached.losses == pytest.approx(plain.losses, rel=1e-4)    # same draws: the cache changes speed only
+
+
 def test_same_seed_same_samples(t2i, tmp_path_factory):
     comp = tiny(t2i, tmp_path_factory)
     prompts = [t2i[0]["caption"], t2i[1]["caption"]]

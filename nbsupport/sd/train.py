@@ -261,10 +261,12 @@ def train_sd(
     cache_text = cfg.cache and not spec.trains_text_encoder
     latent_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     text_cache: dict[str, torch.Tensor] = {}
+    captions: dict[int, str] = {}          # with cached latents the loop never reads (decodes) an item again
     if cache_latents or cache_text:
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             for i in tqdm(range(n), desc="caching latents / text", disable=not progress, leave=False):
                 item = dataset[i]
+                captions[i] = item["caption"]
                 if cache_latents:
                     px = item["pixel_values"][None].to(device, half)
                     dist = vae.encode(px).latent_dist
@@ -322,7 +324,8 @@ def train_sd(
             idx = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
             lo, hi, empty = eng.rows(len(idx))                     # this process's rows of the micro-batch
             mine = idx[lo:hi]
-            items = [dataset[i] for i in mine]
+            items = [] if cache_latents else [dataset[i] for i in mine]      # pixels only when not cached
+            caps = [captions[i] for i in mine] if captions else [it["caption"] for it in items]
             # the random draws of the whole micro-batch, in a fixed order; this process keeps its rows
             gen = torch.Generator().manual_seed(cfg.seed * 7_919 + k)
             lat = latent_cache[mine[0]][0].shape if cache_latents else _latent_shape(components, items[0]["pixel_values"])
@@ -335,9 +338,9 @@ def train_sd(
             else:
                 batch["px"] = torch.stack([it["pixel_values"] for it in items])
             if cache_text:
-                batch["emb"] = torch.stack([text_cache[it["caption"]] for it in items])
+                batch["emb"] = torch.stack([text_cache[c] for c in caps])
             else:
-                batch["ids"] = prompt_ids(components.tokenizer, [it["caption"] for it in items])
+                batch["ids"] = prompt_ids(components.tokenizer, caps)
             weight = share(len(mine), len(idx), eng.world, 1, empty)
             with eng.micro(wrapped):
                 with eng.autocast():
