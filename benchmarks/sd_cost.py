@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
     ap.add_argument("--no-checkpointing", action="store_true")
     ap.add_argument("--methods", nargs="*", default=list(SD_METHODS))
+    ap.add_argument("--tag", default="", help="suffix for the result file name (e.g. what the run changed)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -124,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
               "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                            "python": platform.python_version()},
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "results": rows}
-    write_benchmark(args.out, "sd_cost", name, f"-r{args.resolution}-b{args.batch}-{args.precision}", result)
+    write_benchmark(args.out, "sd_cost", name, (f"-r{args.resolution}-b{args.batch}-{args.precision}"
+                                                       + ("-no-checkpointing" if args.no_checkpointing else "")
+                                                       + (f"_{args.tag}" if args.tag else "")), result)
     return 0
 
 
