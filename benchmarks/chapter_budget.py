@@ -2,6 +2,7 @@
 
     python benchmarks/chapter_budget.py --profile cpu --chapters 01 02 03 04 --tag 01-04
     python benchmarks/chapter_budget.py --profile cpu --collect _build/cpu --tag 01-04
+    python benchmarks/chapter_budget.py --profile cpu --chapters 00 01 02 03 04 05 06 07 08 09 10 --collect _build --tag all
 
 Executes each chapter with papermill (as ``nbsupport run`` does) in the given order, with a fresh
 checkpoint cache unless ``--keep-cache`` (a chapter may reuse runs of an earlier one in the same
@@ -109,7 +110,9 @@ def main() -> None:
     rows: dict[str, Any] = {}
     if args.collect is not None:
         for c, nb in notebooks.items():
-            executed = args.collect / nb.name
+            # `nbsupport run --output DIR` writes DIR/<name>; `nbsupport book` writes _build/executed/notebooks/<name>
+            executed = next((p for p in (args.collect / nb.name, args.collect / "executed" / "notebooks" / nb.name)
+                             if p.is_file()), args.collect / nb.name)
             meta = json.loads(executed.read_text(encoding="utf-8"))["metadata"].get("papermill", {}) if executed.is_file() else {}
             rows[nb.stem] = {"papermill_s": meta.get("duration"),
                              **_summary(_chapter_record(args.collect / "records", nb.stem), args.collect / "records")}

@@ -181,4 +181,4 @@ def test_difference_is_the_books_yardstick_and_says_when_one_seed_cannot_tell():
     from nbsupport.vit.experiment import versus
 
     t = pd.DataFrame({"test_kappa": [0.68, 0.6], "test_kappa_std": [0.03, 0.04]}, index=["DVPT", "LoRA"])
-    assert versus(t, "DVPT", "LoRA") == "DVPT - LoRA: +0.080 Kappa (spread over seeds ±0.050: within the seed noise)"
+    assert versus(t, "DVPT", "LoRA") == "DVPT - LoRA: +0.080 Kappa, within the seed noise (twice the seeds' spread: 0.100)"

@@ -9,7 +9,8 @@ grade  name                          lesions drawn
 =====  ============================  ========================================================
 0      no DR                         none
 1      mild NPDR                     microaneurysms only
-2      moderate NPDR                 more microaneurysms + haemorrhages and/or hard exudates
+2      moderate NPDR                 more microaneurysms + haemorrhages, some hard exudates or
+                                     a few cotton-wool spots
 3      severe NPDR                   many haemorrhages in all four quadrants, exudates,
                                      cotton-wool spots, venous beading
 4      proliferative DR              severe findings + neovascularisation (disc or elsewhere)

@@ -403,8 +403,8 @@ def versus(table: "pandas.DataFrame", a: str, b: str, metric: str = "test_kappa"
     name = {"test_kappa": "Kappa", "test_dice": "Dice", "test_iou": "IoU"}.get(metric, metric)
     if beyond is None:
         return f"{a} - {b}: {d:+.3f} {name} (one seed: no estimate of the noise)"
-    verdict = "larger than the seed noise" if beyond else "within the seed noise"
-    return f"{a} - {b}: {d:+.3f} {name} (spread over seeds ±{spread:.3f}: {verdict})"
+    verdict = "beyond the seed noise" if beyond else "within the seed noise"
+    return f"{a} - {b}: {d:+.3f} {name}, {verdict} (twice the seeds' spread: {2 * spread:.3f})"
 
 
 class GeneratedImages(Dataset):
