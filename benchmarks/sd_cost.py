@@ -125,9 +125,9 @@ def main(argv: list[str] | None = None) -> int:
               "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                            "python": platform.python_version()},
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "results": rows}
-    write_benchmark(args.out, "sd_cost", name, (f"-r{args.resolution}-b{args.batch}-{args.precision}"
-                                                       + ("-no-checkpointing" if args.no_checkpointing else "")
-                                                       + (f"_{args.tag}" if args.tag else "")), result)
+    suffix = (f"-r{args.resolution}-b{args.batch}-{args.precision}" + ("-no-checkpointing" if args.no_checkpointing else "")
+              + (f"_{args.tag}" if args.tag else ""))
+    write_benchmark(args.out, "sd_cost", name, suffix, result)
     return 0
 
 
