@@ -64,7 +64,7 @@ import torch
 from peft_cost import measured_peak_tflops
 from sd_cost import RandomImages, model_tflops
 
-from nbsupport.core.records import write_benchmark
+from nbsupport.core.records import git_commit, write_benchmark
 from nbsupport.sd.methods import LORA_TARGETS, LR, SD_METHODS
 from nbsupport.sd.models import SDComponents, build_sd15, build_tiny, load_pretrained
 from nbsupport.sd.tokenizer import load_tiny_tokenizer
@@ -134,16 +134,6 @@ def script_info(folder: Path, methods: list[str]) -> dict[str, dict[str, Any]]:
         out[method] = {"path": str(path), "sha256": hashlib.sha256(text).hexdigest(),
                        "check_min_version": found.group(1) if found else None}
     return out
-
-
-def git_commit(folder: Path) -> str | None:
-    """The commit of the checkout holding ``folder``, when it is one (else None)."""
-    try:
-        done = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], check=False, capture_output=True, text=True,
-                              timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def versions() -> dict[str, str | None]:
