@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
     ap.add_argument("--no-checkpointing", action="store_true")
+    ap.add_argument("--compile", default=None, choices=["default", "cudagraphs"],
+                    help="SDTrainConfig.compile: torch.compile of the step (cudagraphs: with CUDA graphs)")
     ap.add_argument("--methods", nargs="*", default=list(SD_METHODS))
     ap.add_argument("--tag", default="", help="suffix for the result file name (e.g. what the run changed)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
@@ -92,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = SDTrainConfig(steps=args.warmup + args.steps, batch_size=args.batch, grad_accum=1,
                             resolution=args.resolution,
                             mixed_precision=None if args.precision == "fp32" else args.precision,
-                            gradient_checkpointing=not args.no_checkpointing, checkpoint_every=10**9)
+                            gradient_checkpointing=not args.no_checkpointing, checkpoint_every=10**9,
+                            compile=args.compile)
         try:
             res = train_sd(comp, method, data, cfg, device, progress=False)
             t = statistics.median(res.step_times[args.warmup:])
@@ -120,12 +123,13 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {"benchmark": "sd_cost", "device": name, "resolution": args.resolution, "batch": args.batch,
               "steps": args.steps, "warmup": args.warmup, "precision": args.precision,
-              "gradient_checkpointing": not args.no_checkpointing, "measured_peak_tflops": peak,
+              "gradient_checkpointing": not args.no_checkpointing, "compile": args.compile, "measured_peak_tflops": peak,
               "peak_measured_with": how, "unet_forward_tflop_per_sample_512": UNET_TFLOP,
               "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                            "python": platform.python_version()},
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "results": rows}
     suffix = (f"-r{args.resolution}-b{args.batch}-{args.precision}" + ("-no-checkpointing" if args.no_checkpointing else "")
+              + (f"-{args.compile}" if args.compile else "")
               + (f"_{args.tag}" if args.tag else ""))
     write_benchmark(args.out, "sd_cost", name, suffix, result)
     return 0

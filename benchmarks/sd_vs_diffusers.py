@@ -15,14 +15,15 @@ CUDA synchronise) and switches experiment trackers off.
 
 diffusers' scripts are not part of this project: pass the folder holding them. Take them from the
 tag of the installed diffusers release (their ``check_min_version`` call must accept it), and install
-``datasets`` (they need it; this project does not):
+``datasets`` (they need it; this project does not). ``--compile none cudagraphs`` runs the book's loop
+eagerly and with ``SDTrainConfig.compile="cudagraphs"`` (torch.compile + CUDA graphs), side by side:
 
     V=$(python -c "import diffusers; print(diffusers.__version__)")
     git clone --depth 1 --branch v$V https://github.com/huggingface/diffusers /tmp/diffusers
     python -m pip install datasets      # offline GPU machine: `pip download datasets -d wheels` elsewhere,
                                         # then `pip install --no-index --find-links wheels datasets`
     python benchmarks/sd_vs_diffusers.py --diffusers-examples /tmp/diffusers/examples/text_to_image \\
-        --batch 8 --steps 10 --warmup 3 --precision bf16
+        --batch 8 --steps 10 --warmup 3 --precision bf16 --compile none cudagraphs
 
 A CPU smoke run (tiny random models, a few steps; its timings say nothing about a GPU):
 
@@ -33,7 +34,8 @@ Model FLOPs are ``sd_cost.model_tflops`` (UNet; the VAE encoder when latents are
 when text embeddings are not cached, the CLIP text encoder's forward: 2 x 85M matmul parameters x 77
 tokens + attention = 0.0133 TFLOP per sample (1.7% of the UNet forward at 512 px). With ``--tiny`` the
 FLOP counts (SD 1.5's) do not apply and MFU is left out. Writes
-``<out>/sd_vs_diffusers-<device>-r<resolution>-b<batch>-<precision>.json``.
+``<out>/sd_vs_diffusers-<device>-r<resolution>-b<batch>-<precision>[-<modes>].json`` (modes when not only
+``none``).
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ NEEDED = ("datasets", "torchvision", "accelerate", "peft")     # what diffusers'
 TEXT_TFLOP = 0.0133          # CLIP ViT-L/14 text encoder forward per sample (77 tokens), any resolution
 SHIM = Path(__file__).resolve().parent / "_step_timer.py"
 PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}       # ours -> accelerate's --mixed_precision
+COMPILE = {"none": None, "default": "default", "cudagraphs": "cudagraphs"}   # --compile -> SDTrainConfig.compile
 NOTES = [
     ("diffusers' scripts encode VAE latents and text embeddings every step (no caching): compare them with "
      "the cached_latents=false rows of the book's loop; the cached rows are the book's default."),
@@ -309,15 +312,17 @@ def run_diffusers(method: str, script: Path, argv: list[str], work: Path, args: 
 
 
 def run_ours(method: str, cache: bool, model_dir: Path, data: torch.utils.data.Dataset,
-             args: argparse.Namespace) -> dict[str, Any]:
+             args: argparse.Namespace, compile_mode: str | None = None) -> dict[str, Any]:
     """``train_sd`` on the saved pipeline's weights; a row (the error recorded on failure)."""
     device = torch.device(args.device)
     comp = load_pretrained(local_dir=model_dir)
     cfg = SDTrainConfig(steps=args.warmup + args.steps, batch_size=args.batch, grad_accum=1, resolution=args.resolution,
                         mixed_precision=None if args.precision == "fp32" else args.precision,
                         gradient_checkpointing=not args.no_checkpointing, use_8bit_adam=False,
-                        lr=learning_rate(method), cache=cache, checkpoint_every=10**9, max_grad_norm=1.0, seed=0)
-    row: dict[str, Any] = {"runner": "nbsupport", "method": method, "cached_latents": cache, "cached_text": cache}
+                        lr=learning_rate(method), cache=cache, checkpoint_every=10**9, max_grad_norm=1.0, seed=0,
+                        compile=compile_mode)
+    row: dict[str, Any] = {"runner": "nbsupport", "method": method, "cached_latents": cache, "cached_text": cache,
+                           "compile": compile_mode}
     t0 = time.perf_counter()
     try:
         res = train_sd(comp, method, data, cfg, device, progress=True)
@@ -340,23 +345,26 @@ def run_ours(method: str, cache: bool, model_dir: Path, data: torch.utils.data.D
 
 def speedups(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
     """Samples/s of the book's loop over diffusers', per method, with and without cached latents."""
-    def rate(runner: str, method: str, cached: bool | None = None) -> float | None:
+    def rate(runner: str, method: str, cached: bool | None = None, mode: str | None = None) -> float | None:
         for r in rows:
-            if r["runner"] == runner and r["method"] == method and (cached is None or r["cached_latents"] == cached):
+            if (r["runner"] == runner and r["method"] == method and (cached is None or r["cached_latents"] == cached)
+                    and r.get("compile") == mode):
                 return r.get("samples_per_s")
         return None
 
+    modes = list(dict.fromkeys(r.get("compile") for r in rows if r["runner"] == "nbsupport"))
     out: dict[str, dict[str, float | None]] = {}
     for method in dict.fromkeys(r["method"] for r in rows):
         theirs = rate("diffusers", method)
-        out[method] = {f"{'cached' if c else 'uncached'}_over_diffusers":
-                       (ours / theirs if (ours := rate("nbsupport", method, c)) and theirs else None)
-                       for c in (False, True)}
+        out[method] = {f"{'cached' if c else 'uncached'}{f'_{m}' if m else ''}_over_diffusers":
+                       (ours / theirs if (ours := rate("nbsupport", method, c, m)) and theirs else None)
+                       for m in modes for c in (False, True)}
     return out
 
 
 def describe(row: dict[str, Any]) -> str:
-    label = f"{row['runner']:9s} {row['method']:5s} cached={row['cached_latents']!s:5s}"
+    label = (f"{row['runner']:9s} {row['method']:5s} cached={row['cached_latents']!s:5s}"
+             + (f" compile={row['compile']}" if row.get("compile") else ""))
     if row.get("step_time_s") is None:
         return f"{label} FAILED: {row.get('error', '')[:200]}"
     mem = f"{row['peak_memory_bytes'] / 2**30:6.2f} GiB" if row.get("peak_memory_bytes") else "   n/a"
@@ -384,6 +392,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--dataloader-num-workers", type=int, default=0, help="diffusers' --dataloader_num_workers")
     ap.add_argument("--our-data", choices=["png", "memory"], default="png",
                     help="the book's loop reads the PNGs (as diffusers' scripts do) or in-memory tensors")
+    ap.add_argument("--compile", nargs="+", default=["none"], choices=list(COMPILE),
+                    help="the book's loop in each of these modes (SDTrainConfig.compile), side by side")
     ap.add_argument("--tiny", action="store_true", help="tiny random models (smoke runs): no FLOP counts, no MFU")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per diffusers script run")
     ap.add_argument("--workdir", type=Path, default=None, help="for the pipeline, images and logs (default: a temp dir)")
@@ -440,9 +450,10 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(work / f"diffusers-{method}" / "output", ignore_errors=True)
                 print(describe(with_mfu(rows[-1], peak)), flush=True)
             if "nbsupport" in args.runners:
-                for cache in (False, True):
-                    rows.append(with_mfu(run_ours(method, cache, model_dir, data, args), peak))
-                    print(describe(rows[-1]), flush=True)
+                for mode in args.compile:
+                    for cache in (False, True):
+                        rows.append(with_mfu(run_ours(method, cache, model_dir, data, args, COMPILE[mode]), peak))
+                        print(describe(rows[-1]), flush=True)
     finally:
         if not args.keep_workdir and args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -455,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
                      "optimizer": "torch AdamW (weight decay 1e-2; no 8-bit)", "max_grad_norm": 1.0,
                      "learning_rates": {m: learning_rate(m) for m in args.methods}, "allow_tf32": False,
                      "images": len(images), "dataloader_num_workers": args.dataloader_num_workers,
-                     "our_data": args.our_data},
+                     "our_data": args.our_data, "our_compile_modes": args.compile},
         "lora": {"nbsupport": {"r": lora["r"], "alpha": lora["alpha"], "targets": list(LORA_TARGETS),
                                "init": "gaussian", "trainable_dtype": "fp32"},
                  "diffusers": {"rank": lora["r"], "alpha": lora["r"], "targets": ["to_k", "to_q", "to_v", "to_out.0"],
@@ -472,7 +483,9 @@ def main(argv: list[str] | None = None) -> int:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "results": rows, "speedup": speedups(rows),
     }
-    write_benchmark(args.out, "sd_vs_diffusers", name, f"-r{args.resolution}-b{args.batch}-{args.precision}", result)
+    modes = "" if args.compile == ["none"] else "-" + "-".join(args.compile)
+    write_benchmark(args.out, "sd_vs_diffusers", name, f"-r{args.resolution}-b{args.batch}-{args.precision}{modes}",
+                    result)
     return 0
 
 

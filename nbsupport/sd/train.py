@@ -56,6 +56,11 @@ class SDTrainConfig:
         checkpoint_every: steps between checkpoints (and always at the end).
         max_grad_norm: gradient clipping (None: off).
         seed: data order and noise.
+        compile: None (eager), ``"default"`` (``torch.compile`` of the denoising step: the forward and
+            backward of every trained model become fused kernels) or ``"cudagraphs"`` (the same with
+            ``mode="reduce-overhead"``: CUDA graphs replay each step's kernels with one launch, for
+            small batches where Python and kernel launches bound the step). Same loss as eager; the
+            first steps pay the compilation. Not part of a run's key (it changes speed, not the maths).
     """
 
     steps: int = 1000
@@ -72,6 +77,15 @@ class SDTrainConfig:
     checkpoint_every: int = 250
     max_grad_norm: float | None = 1.0
     seed: int = 0
+    compile: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.compile not in (None, "default", "cudagraphs"):
+            raise ValueError(f"compile={self.compile!r}: expected None, 'default' or 'cudagraphs'")
+
+    def run_settings(self) -> dict[str, Any]:
+        """The settings that define a run's result (checkpoint keys): all but ``compile``."""
+        return {k: v for k, v in asdict(self).items() if k != "compile"}
 
 
 @dataclass
@@ -306,6 +320,8 @@ def train_sd(
         torch.cuda.reset_peak_memory_stats(device)
     denoise = DenoisingStep(components, spec.trains_vae, half, dtype is not None)
     wrapped, step_opt = eng.wrap(denoise, opt)          # DDP + Accelerate's optimizer under a launcher
+    forward = (torch.compile(wrapped, mode="reduce-overhead" if cfg.compile == "cudagraphs" else None)
+               if cfg.compile else wrapped)             # same parameters; eng.micro still sees the wrapper
     micro_per_epoch = math.ceil(n / cfg.batch_size)
     steps_run = 0
     step_times: list[float] = []
@@ -342,9 +358,11 @@ def train_sd(
             else:
                 batch["ids"] = prompt_ids(components.tokenizer, caps)
             weight = share(len(mine), len(idx), eng.world, 1, empty)
+            if cfg.compile == "cudagraphs":
+                torch.compiler.cudagraph_mark_step_begin()         # the last replay's outputs are consumed
             with eng.micro(wrapped):
                 with eng.autocast():
-                    loss = wrapped(batch)
+                    loss = forward(batch)
                 eng.backward(loss * weight if weight != 1.0 else loss)
             step_loss_t += loss.detach() * (weight / eng.world / cfg.grad_accum)
             samples += len(idx)
@@ -425,7 +443,7 @@ def run_sd_method(components: SDComponents, method: str, train_set: Dataset, tes
     timer = records.RunTimer(device)
     from nbsupport.data.fingerprint import fingerprint
 
-    key = run_key("sd-v2", asdict(cfg), method, fingerprint(train_set), components.weights, components.name)
+    key = run_key("sd-v2", cfg.run_settings(), method, fingerprint(train_set), components.weights, components.name)
     manifest = getattr(train_set, "manifest", None)
     before = denoising_loss(components.to(device), test_set, device, max_items=16)
     res = train_sd(components, method, train_set, cfg, device, progress=progress,
