@@ -3,6 +3,7 @@ training on a tiny random pipeline, checkpoints, resume, deterministic sampling.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -241,8 +242,6 @@ def test_tiny_tokenizer_roundtrip(tmp_path):
 
 
 def test_generation_resumes_without_duplicating_or_keeping_stale_images(t2i, tmp_path_factory, tmp_path, monkeypatch):
-    import json
-
     from nbsupport.sd import sampling
 
     comp = tiny(t2i, tmp_path_factory)
@@ -396,3 +395,28 @@ def test_compiled_step_trains_like_eager(method, t2i, tmp_path_factory, monkeypa
     assert cfg.run_settings() == replace(cfg, compile="cudagraphs").run_settings()   # same run, same checkpoints
     with pytest.raises(ValueError, match="compile='graphs'"):
         SDTrainConfig(compile="graphs")
+
+
+def test_compiled_unet_samples_the_same_images(t2i, tmp_path_factory, tmp_path, monkeypatch):
+    """make_pipeline(compile=...) hands the pipeline a torch.compile'd UNet (here on the aot_eager
+    backend) and generate_to_disk passes it on; the images are those of the plain UNet, and the
+    manifest's settings do not change (a speed setting)."""
+    from nbsupport.sd import sampling
+
+    comp = tiny(t2i, tmp_path_factory)
+    real = torch.compile
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda m, mode=None, **k: modes.append(mode) or real(m, backend="aot_eager"))
+    prompts, seeds = [t2i[0]["caption"], t2i[1]["caption"]], [3, 4]
+    plain = sample(comp, prompts, seeds, resolution=32, steps=2)
+    pipe = sampling.make_pipeline(comp, compile="reduce-overhead")
+    assert modes == ["reduce-overhead"] and pipe.unet is not comp.unet
+    compiled = sample(comp, prompts, seeds, resolution=32, steps=2, pipe=pipe)
+    assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 for a, b in zip(plain, compiled))
+    items = [{"prompt": p, "seed": s, "labels": 0} for p, s in zip(prompts, seeds)]
+    kw = dict(method="tiny", resolution=32, steps=2, batch_size=2, progress=False)
+    a = json.loads(sampling.generate_to_disk(comp, items, tmp_path / "a", **kw).read_text())
+    b = json.loads(sampling.generate_to_disk(comp, items, tmp_path / "b", compile="default", **kw).read_text())
+    assert modes == ["reduce-overhead", None] and a["settings"] == b["settings"]
+    with pytest.raises(ValueError, match="compile='fast'"):
+        sampling.make_pipeline(comp, compile="fast")

@@ -1,5 +1,13 @@
 """Sampling from (fine-tuned) Stable Diffusion components: grids of prompts x seeds, and batched
-generation to disk with a manifest of what was generated."""
+generation to disk with a manifest of what was generated.
+
+On CUDA, sampling runs under half-precision autocast (bf16 where supported, else fp16, as
+``torch_dtype=torch.float16`` pipelines do): loaded or fine-tuned components may hold fp32 weights,
+and an fp32 UNet samples several times slower. On the CPU it stays fp32. ``compile="default"`` or
+``"reduce-overhead"`` (CUDA graphs) hands the pipeline a ``torch.compile``'d UNet: the first batch
+pays the compilation, a new batch shape compiles again (``benchmarks/sd_sampling.py`` measures both
+against diffusers' own pipeline).
+"""
 
 from __future__ import annotations
 
@@ -13,9 +21,20 @@ from tqdm.auto import tqdm
 
 from nbsupport.sd.models import SDComponents
 
-__all__ = ["SCHEDULERS", "make_pipeline", "sample", "sample_grid", "generate_to_disk"]
+__all__ = ["SCHEDULERS", "COMPILE_MODES", "make_pipeline", "sample", "sample_grid", "generate_to_disk",
+           "sampling_dtype"]
 
 SCHEDULERS = ("ddim", "dpm", "euler", "pndm", "ddpm")
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
+
+
+def sampling_dtype(device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype of sampling on ``device``: bf16 or fp16 on CUDA, None (fp32) elsewhere."""
+    if torch.device(device).type != "cuda":
+        return None
+    from nbsupport.core.env import bf16_available
+
+    return torch.bfloat16 if bf16_available() else torch.float16
 
 
 def _scheduler(name: str, config: Any) -> Any:
@@ -34,13 +53,22 @@ def _scheduler(name: str, config: Any) -> Any:
     return classes[name].from_config(config)
 
 
-def make_pipeline(components: SDComponents, scheduler: str = "ddim", device: torch.device | str = "cpu") -> Any:
-    """A ``StableDiffusionPipeline`` over the components (no safety checker: research images)."""
+def make_pipeline(components: SDComponents, scheduler: str = "ddim", device: torch.device | str = "cpu",
+                  compile: str | None = None) -> Any:
+    """A ``StableDiffusionPipeline`` over the components (no safety checker: research images).
+
+    ``compile``: None, or a ``torch.compile`` mode for the pipeline's UNet (the components keep
+    the plain one)."""
     from diffusers import StableDiffusionPipeline
 
+    if compile not in COMPILE_MODES:
+        raise ValueError(f"compile={compile!r}: expected one of {COMPILE_MODES}")
+    unet = components.unet
+    if compile is not None:
+        unet = torch.compile(unet, mode=None if compile == "default" else compile)
     pipe = StableDiffusionPipeline(
         vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
-        unet=components.unet, scheduler=_scheduler(scheduler, components.scheduler.config),
+        unet=unet, scheduler=_scheduler(scheduler, components.scheduler.config),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
@@ -50,13 +78,17 @@ def make_pipeline(components: SDComponents, scheduler: str = "ddim", device: tor
 def sample(components: SDComponents, prompts: Sequence[str], seeds: Sequence[int], resolution: int = 512,
            steps: int = 30, guidance_scale: float = 7.5, scheduler: str = "ddim",
            device: torch.device | str = "cpu", pipe: Any = None) -> list[np.ndarray]:
-    """One image per (prompt, seed) pair, each ``[H, W, 3]`` uint8; the same seed gives the same image."""
+    """One image per (prompt, seed) pair, each ``[H, W, 3]`` uint8; the same seed gives the same image
+    (on one device and precision: see the module's note on autocast)."""
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds: pass one seed per prompt")
     pipe = pipe or make_pipeline(components, scheduler, device)
     gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-    out = pipe(list(prompts), height=resolution, width=resolution, num_inference_steps=steps,
-               guidance_scale=guidance_scale, generator=gens, output_type="np").images
+    dev = torch.device(device)
+    half = sampling_dtype(dev)
+    with torch.autocast(dev.type, dtype=half, enabled=half is not None):
+        out = pipe(list(prompts), height=resolution, width=resolution, num_inference_steps=steps,
+                   guidance_scale=guidance_scale, generator=gens, output_type="np").images
     return [(np.clip(im, 0, 1) * 255 + 0.5).astype(np.uint8) for im in out]
 
 
@@ -68,12 +100,13 @@ def sample_grid(components: SDComponents, prompts: Sequence[str], seeds: Sequenc
 
 def generate_to_disk(components: SDComponents, items: Sequence[dict[str, Any]], out_dir: str | Path,
                      method: str, batch_size: int = 16, progress: bool = True, model_id: str | None = None,
-                     **kw: Any) -> Path:
+                     compile: str | None = None, **kw: Any) -> Path:
     """Generate one image per item (``{"prompt": str, "seed": int, "labels": ...}``) into ``out_dir``.
 
     Writes ``<index>.png`` files and ``manifest.json`` (prompt, labels, seed, method, file, settings);
     returns the manifest path. ``model_id`` names the exact model (e.g. the fine-tuning run's
-    checkpoint key; default: the components' weights label). Resumable without duplicates: an image
+    checkpoint key; default: the components' weights label). ``compile``: see :func:`make_pipeline`
+    (a speed setting: not part of the manifest's settings). Resumable without duplicates: an image
     already listed in the manifest with the same prompt, seed, model and settings is kept; anything
     else is (re)generated. The
     manifest is rewritten atomically after every batch, and lists only images whose file was written.
@@ -96,7 +129,7 @@ def generate_to_disk(components: SDComponents, items: Sequence[dict[str, Any]], 
     wanted = {f"{i:06d}.png": (it["prompt"], int(it["seed"])) for i, it in enumerate(items)}
     done = {f: e for f, e in done.items() if wanted.get(f) == (e["prompt"], e["seed"])}
     todo = [(i, it) for i, it in enumerate(items) if f"{i:06d}.png" not in done]
-    pipe = make_pipeline(components, kw.get("scheduler", "ddim"), kw.get("device", "cpu")) if todo else None
+    pipe = make_pipeline(components, kw.get("scheduler", "ddim"), kw.get("device", "cpu"), compile) if todo else None
     for start in tqdm(range(0, len(todo), batch_size), desc=f"generating ({method})", disable=not progress):
         chunk = todo[start:start + batch_size]
         imgs = sample(components, [it["prompt"] for _, it in chunk], [it["seed"] for _, it in chunk], pipe=pipe, **kw)
