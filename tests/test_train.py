@@ -167,9 +167,33 @@ def test_optimizer_steps_counts_what_training_takes():
     cfg = TrainConfig(epochs=3, lr=1e-3, batch_size=4, warmup_epochs=0.5)
     tr, va, _ = data(6)                                   # 2 batches per epoch, the second partial
     assert optimizer_steps(6, cfg) == 6 == train_classifier(model("bitfit"), tr, va, None, 5, cfg, progress=False).steps
-    assert optimizer_steps(6, replace(cfg, compile="cudagraphs")) == 3             # the partial batch is dropped
-    with pytest.raises(ValueError, match="fewer than batch_size=4"):                 # no step at all: say so
-        optimizer_steps(3, replace(cfg, compile="cudagraphs"))
+    assert optimizer_steps(6, replace(cfg, compile="cudagraphs")) == 6             # the partial batch too
+    assert optimizer_steps(3, replace(cfg, compile="cudagraphs")) == 3
+
+
+def test_cudagraphs_mode_trains_like_eager_and_runs_partial_batches_eagerly(monkeypatch):
+    """compile="cudagraphs" hands the graph one batch shape; the epoch's partial batch runs on the
+    plain model. On the CPU the compiled model is traced with the aot_eager backend (the CUDA graph
+    itself needs a GPU); the losses and metrics are the eager run's."""
+    from dataclasses import replace
+
+    real, seen = torch.compile, []
+
+    def recording(m, mode=None, **kwargs):
+        compiled = real(m, backend="aot_eager")
+
+        def run(x):
+            seen.append(x.shape[0])
+            return compiled(x)
+        return run
+
+    monkeypatch.setattr(torch, "compile", recording)
+    cfg = TrainConfig(epochs=2, lr=1e-3, batch_size=4, warmup_epochs=0.5)
+    tr, va, _ = data(6)                                   # a full batch of 4, then 2
+    eager = train_classifier(model("lora"), tr, va, None, 5, cfg, progress=False)
+    graphs = train_classifier(model("lora"), tr, va, None, 5, replace(cfg, compile="cudagraphs"), progress=False)
+    assert seen == [4, 4] and graphs.steps == eager.steps == 4
+    assert [h["train_loss"] for h in graphs.history] == pytest.approx([h["train_loss"] for h in eager.history], rel=1e-5)
 
 
 def test_difference_is_the_books_yardstick_and_says_when_one_seed_cannot_tell():

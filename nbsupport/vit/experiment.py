@@ -201,7 +201,7 @@ def default_train_config(profile: str | Profile, method: str, **overrides: Any) 
 
 def optimizer_steps(n_train: int, cfg: TrainConfig) -> int:
     """Optimizer steps of :func:`~nbsupport.vit.train.train_classifier` on ``n_train`` images:
-    every batch is a step (the last one partial, or dropped under ``compile="cudagraphs"``)."""
+    every batch is a step, the last one partial."""
     return steps_per_epoch(n_train, cfg) * cfg.epochs
 
 

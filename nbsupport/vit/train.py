@@ -61,8 +61,9 @@ class TrainConfig:
         eval_batch_size: batch size for validation / test.
         compile: None, ``"default"`` (torch.compile) or ``"cudagraphs"`` (torch.compile with
             mode="reduce-overhead": CUDA graphs remove the kernel-launch overhead that dominates
-            small PEFT modules at small batches; needs a fixed batch shape, so the last partial
-            batch is dropped).
+            small PEFT modules at small batches). A graph has one batch shape: under
+            ``"cudagraphs"`` the first micro-batch's shape is compiled and any other (the epoch's
+            last, partial batch) runs eagerly, so every mode trains on the same batches.
         grad_accum: split each batch into this many micro-batches, one backward pass each, one
             optimizer step per batch: the same optimisation in less memory (under Accelerate, no
             gradient exchange before the last micro-batch). Exact for losses that are means over
@@ -196,14 +197,12 @@ def _batches(train_set: Dataset, cfg: TrainConfig, gen: torch.Generator, eng: En
     DataLoader over the indices with the same sampler and generator), each process loading its own
     rows (``empty``: a process without rows computes on row 0 with weight 0).
     """
-    drop_last = cfg.compile == "cudagraphs"
     if eng.world == 1:
         for x, y in DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=gen,
-                               num_workers=cfg.num_workers, drop_last=drop_last):
+                               num_workers=cfg.num_workers):
             yield x, torch.as_tensor(y), x.shape[0], False
         return
-    order = DataLoader(range(len(train_set)), batch_size=cfg.batch_size, shuffle=True, generator=gen,
-                       drop_last=drop_last)
+    order = DataLoader(range(len(train_set)), batch_size=cfg.batch_size, shuffle=True, generator=gen)
     batches = [b.tolist() for b in order]
     mine = [eng.rows(len(b)) for b in batches]
     local = [b[lo:hi] for b, (lo, hi, _) in zip(batches, mine)]
@@ -225,14 +224,8 @@ def _micro_batches(x: torch.Tensor, y: torch.Tensor, n_global: int, empty: bool,
 
 
 def steps_per_epoch(n_train: int, cfg: TrainConfig) -> int:
-    """Optimizer steps per epoch on ``n_train`` images: every batch is a step, the last one partial,
-    or dropped under ``compile="cudagraphs"`` (a captured graph has one batch shape)."""
-    if cfg.compile == "cudagraphs":
-        if n_train < cfg.batch_size:
-            raise ValueError(f"compile='cudagraphs' drops partial batches, and the {n_train} training images are "
-                             f"fewer than batch_size={cfg.batch_size}: no step would run; lower batch_size or "
-                             "use compile=None")
-        return n_train // cfg.batch_size
+    """Optimizer steps per epoch on ``n_train`` images: every batch is a step, the last one partial
+    (in every compile mode)."""
     return math.ceil(n_train / cfg.batch_size)
 
 
@@ -300,6 +293,7 @@ def train_classifier(
     wrapped, step_opt = eng.wrap(model, opt)          # DDP + Accelerate's optimizer under a launcher
     step_model = (torch.compile(wrapped, mode="reduce-overhead") if cfg.compile == "cudagraphs"
                   else torch.compile(wrapped) if cfg.compile == "default" else wrapped)
+    graph_shape: torch.Size | None = None      # "cudagraphs": the one input shape the graph serves
 
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     checkpoints = StepCheckpoints(ckpt) if ckpt is not None else None
@@ -354,9 +348,13 @@ def train_classifier(
             batch_loss = torch.zeros((), device=device)
             for xm, ym, weight in _micro_batches(x, y, n_global, empty, eng):
                 xm, ym = xm.to(device, non_blocking=True), ym.to(device)
+                if cfg.compile == "cudagraphs":
+                    graph_shape = graph_shape or xm.shape
+                    torch.compiler.cudagraph_mark_step_begin()
+                run = step_model if cfg.compile != "cudagraphs" or xm.shape == graph_shape else wrapped
                 with eng.micro(wrapped):
                     with eng.autocast():
-                        logits = step_model(xm).float()
+                        logits = run(xm).float()
                         if segmentation:
                             loss = segmentation_loss(logits, ym)
                         elif multi:
