@@ -139,6 +139,14 @@ def script_info(folder: Path, methods: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def examples_commit(folder: Path) -> str | None:
+    """The diffusers commit of the scripts' folder: for a copy of the scripts (an offline GPU
+    machine) the hash in a ``COMMIT`` file beside them, else the folder's git checkout's HEAD."""
+    if (folder / "COMMIT").is_file():
+        return (folder / "COMMIT").read_text(encoding="utf-8").strip() or None
+    return git_commit(folder)
+
+
 def versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {"python": platform.python_version()}
     for name in ("torch", "diffusers", "transformers", "peft", "accelerate", "datasets", "torchvision"):
@@ -473,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
                                "init": "gaussian",
                                "trainable_dtype": "fp32 under fp16, else the UNet's weight dtype (bf16 under bf16)"}},
         "diffusers_scripts": {"folder": str(args.diffusers_examples.resolve()),
-                              "git_commit": git_commit(args.diffusers_examples) if scripts else None,
+                              "git_commit": examples_commit(args.diffusers_examples) if scripts else None,
                               "scripts": scripts, "timing_shim": SHIM.name},
         "measured_peak_tflops": peak, "peak_measured_with": how,
         "flops": {"unet_forward_tflop_per_sample_512": 0.80, "vae_encoder_tflop_per_sample_512": 1.1,
