@@ -38,6 +38,7 @@ from nbsupport.sd.methods import SD_METHODS  # noqa: E402
 from nbsupport.sd.models import build_sd15  # noqa: E402
 from nbsupport.sd.tokenizer import load_tiny_tokenizer  # noqa: E402
 from nbsupport.sd.train import SDTrainConfig, train_sd  # noqa: E402
+import _compile_stats  # noqa: E402
 from peft_cost import measured_peak_tflops  # noqa: E402
 
 UNET_TFLOP, VAE_ENC_TFLOP = 0.80, 1.1
@@ -81,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tag", default="", help="suffix for the result file name (e.g. what the run changed)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = ap.parse_args(argv)
+    if args.compile and args.warmup < 3:
+        ap.error("--compile needs --warmup 3 or more (compilation, then CUDA-graph warm-up and recording, "
+                 "fall in the first steps)")
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {platform.machine()} ({torch.get_num_threads()} threads)"
     peak, how = measured_peak_tflops(device)
@@ -97,13 +101,14 @@ def main(argv: list[str] | None = None) -> int:
                             gradient_checkpointing=not args.no_checkpointing, checkpoint_every=10**9,
                             compile=args.compile)
         try:
+            before = _compile_stats.snapshot()
             res = train_sd(comp, method, data, cfg, device, progress=False)
             t = statistics.median(res.step_times[args.warmup:])
             flops = model_tflops(method, args.batch, args.resolution, res.cached["latents"])
             row = {"method": method, "trainable": res.trainable, "step_time_s": t, "samples_per_s": args.batch / t,
                    "peak_memory_bytes": res.peak_memory_bytes, "model_tflops_per_step": flops,
                    "achieved_tflops": flops / t, "mfu": flops / t / peak, "cached": res.cached, "notices": res.notices,
-                   "final_loss": res.losses[-1]}
+                   "final_loss": res.losses[-1], **({"compile_stats": _compile_stats.since(before)} if args.compile else {})}
         except torch.cuda.OutOfMemoryError as exc:
             row = {"method": method, "error": f"out of memory: {str(exc)[:200]}"}
         except RuntimeError as exc:   # record and go on: one method's failure is a result too

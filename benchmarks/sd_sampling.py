@@ -1,21 +1,26 @@
 """Images/s of the evaluation generation (50 DDIM steps, classifier-free guidance 7.5, batch 16 at
-512 px): the book's path (``nbsupport.sd.sampling.sample`` on one ``make_pipeline`` pipeline, what
-``generate_to_disk`` calls per batch: fp32 components as loaded or fine-tuned, sampled under
-half-precision autocast, optionally with a compiled UNet) against
-diffusers' own ``StableDiffusionPipeline`` in half precision (``.to(torch.float16)``, what a
-``torch_dtype=torch.float16`` load gives), on the same device, model and prompts, in one run.
+512 px): the book's path against diffusers' own ``StableDiffusionPipeline``, on the same device,
+model and prompts, in one run, in each ``--compile`` mode.
 
-Both write every image as a PNG; both use the DDIM scheduler
-(the book's default; the SD 1.5 snapshot's own default is PNDM). The SD 1.5 architecture is built
-with random weights (cost does not depend on the values) and a small local tokenizer.
+- book: ``nbsupport.sd.sampling.sample`` on one ``make_pipeline`` pipeline (what
+  ``generate_to_disk`` calls per batch) over fp32 components, as loaded or fine-tuned, sampled
+  under the half-precision autocast of ``sampling.sampling_dtype``; compiled through
+  ``make_pipeline(compile=...)``.
+- diffusers: the pipeline with every model cast to that half dtype (what a ``torch_dtype=`` load
+  gives); compiled as diffusers' docs show, ``pipe.unet = torch.compile(pipe.unet, mode=...)``.
 
-    python benchmarks/sd_sampling.py --batch 16 --batches 3 --compile none reduce-overhead
+Both write every image as a PNG and use the DDIM scheduler (the book's default; the SD 1.5
+snapshot's own default is PNDM). The SD 1.5 architecture is built with random weights (cost does
+not depend on the values) and a small local tokenizer.
+
+    python benchmarks/sd_sampling.py --batch 16 --batches 3 --warmup 2 --compile none cudagraphs
     python benchmarks/sd_sampling.py --tiny --device cpu --resolution 64 --steps 2 --batch 2   # smoke
 
-Per mode: the first ``--warmup`` batches are untimed (compilation happens there); then the median
-seconds per batch of ``--batches`` timed ones, images/s, peak memory, and the UNet's share of the
-model FLOPs (``steps x 2 x 0.80 TFLOP`` per 512-px image: the VAE decoder and text encoder are not
-counted) over the measured dense bf16 peak. Writes
+Per runner and mode: the first ``--warmup`` batches are untimed (compilation and CUDA-graph
+recording happen there); then the median seconds per batch of ``--batches`` timed ones, images/s,
+peak memory, what torch.compile did (graphs, breaks, CUDA-graph skips), and the UNet's model-FLOP
+utilisation (``steps x 2 x 0.80 TFLOP`` per 512-px image over the measured dense bf16 peak; the VAE
+decoder and text encoder are not counted). Writes
 ``<out>/sd_sampling-<device>-r<resolution>-b<batch>.json``.
 """
 
@@ -36,13 +41,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _compile_stats  # noqa: E402
 from nbsupport.core.records import write_benchmark  # noqa: E402
 from nbsupport.sd import sampling  # noqa: E402
 from peft_cost import measured_peak_tflops  # noqa: E402
 from sd_cost import UNET_TFLOP  # noqa: E402
 from sd_vs_diffusers import build_components, device_name, versions  # noqa: E402
 
-COMPILE = {"none": None, "default": "default", "reduce-overhead": "reduce-overhead", "max-autotune": "max-autotune"}
+MODES = {"none": None, "default": "default", "cudagraphs": "cudagraphs", "max-autotune": "max-autotune"}
+RUNNERS = ("diffusers", "book")
 
 
 def prompts_for(n: int) -> list[str]:
@@ -54,6 +61,7 @@ def timed(run_batch: Callable[[int], None], args: argparse.Namespace, device: to
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    before = _compile_stats.snapshot()
     times, warm = [], []
     for b in range(args.warmup + args.batches):
         if device.type == "cuda":
@@ -65,21 +73,26 @@ def timed(run_batch: Callable[[int], None], args: argparse.Namespace, device: to
         (warm if b < args.warmup else times).append(time.perf_counter() - t0)
     t = statistics.median(times)
     return {"batch_s": t, "images_per_s": args.batch / t, "batch_times_s": times, "warmup_times_s": warm,
-            "peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None}
+            "peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
+            "compile_stats": _compile_stats.since(before)}
 
 
-def run_diffusers(args: argparse.Namespace, device: torch.device, work: Path) -> dict[str, Any]:
-    """diffusers' pipeline, every model in half precision (fp32 on the CPU), PIL images saved as PNGs."""
+def diffusers_batches(args: argparse.Namespace, device: torch.device, work: Path,
+                      mode: str | None) -> tuple[Callable[[int], None], str]:
+    """diffusers' pipeline in the half dtype (fp32 on the CPU); PIL images saved as PNGs."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     comp = build_components(args.tiny, device, prompts_for(args.batch), work / "tok")
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    dtype = sampling.sampling_dtype(device) or torch.float32
     pipe = StableDiffusionPipeline(vae=comp.vae, text_encoder=comp.text_encoder, tokenizer=comp.tokenizer,
                                    unet=comp.unet, scheduler=DDIMScheduler.from_config(comp.scheduler.config),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe = pipe.to(device, dtype)
+    if mode:
+        torch._dynamo.reset()
+        pipe.unet = torch.compile(pipe.unet, mode=sampling.COMPILE_MODES[mode])
     pipe.set_progress_bar_config(disable=True)
-    out = work / "diffusers"
+    out = work / f"diffusers-{mode}"
     out.mkdir(parents=True, exist_ok=True)
     prompts = prompts_for(args.batch)
 
@@ -90,23 +103,19 @@ def run_diffusers(args: argparse.Namespace, device: torch.device, work: Path) ->
         for i, im in enumerate(images):
             im.save(out / f"{b}-{i}.png")
 
-    row = {"runner": "diffusers StableDiffusionPipeline", "dtype": str(dtype).replace("torch.", ""), "compile": None}
-    try:
-        row.update(timed(batch, args, device))
-    except torch.cuda.OutOfMemoryError as exc:
-        row["error"] = f"out of memory: {str(exc)[:200]}"
-    del pipe, comp
-    return row
+    return batch, str(dtype).replace("torch.", "")
 
 
-def run_book(args: argparse.Namespace, device: torch.device, work: Path, mode: str | None) -> dict[str, Any]:
-    """``sampling.sample`` on fp32 components (as loaded), one pipeline for every batch, PNGs saved."""
+def book_batches(args: argparse.Namespace, device: torch.device, work: Path,
+                 mode: str | None) -> tuple[Callable[[int], None], str]:
+    """``sampling.sample`` over fp32 components, one pipeline for every batch; PNGs saved."""
     from PIL import Image
 
     comp = build_components(args.tiny, device, prompts_for(args.batch), work / "tok").to(device)
-    prompts = prompts_for(args.batch)
     pipe = sampling.make_pipeline(comp, "ddim", device, compile=mode)
     out = work / f"book-{mode}"
+    out.mkdir(parents=True, exist_ok=True)
+    prompts = prompts_for(args.batch)
     kw = dict(resolution=args.resolution, steps=args.steps, guidance_scale=args.guidance, device=device)
 
     def batch(b: int) -> None:
@@ -114,34 +123,53 @@ def run_book(args: argparse.Namespace, device: torch.device, work: Path, mode: s
         for i, im in enumerate(sampling.sample(comp, prompts, seeds, pipe=pipe, **kw)):
             Image.fromarray(im).save(out / f"{b}-{i}.png")
 
-    out.mkdir(parents=True, exist_ok=True)
-    half = sampling.sampling_dtype(device)
-    row = {"runner": "nbsupport sampling.sample", "dtype": f"float32 weights, autocast {half}" if half else "float32",
-           "compile": mode}
+    half = sampling.sampling_dtype(device, comp.unet)
+    return batch, f"float32 weights, autocast {str(half).replace('torch.', '')}" if half else "float32"
+
+
+def run(runner: str, mode: str | None, args: argparse.Namespace, device: torch.device, work: Path) -> dict[str, Any]:
+    """One row: the runner's batches timed in one compile mode; an out-of-memory error is a result too."""
+    row: dict[str, Any] = {"runner": runner, "compile": mode}
     try:
+        batch, row["dtype"] = (diffusers_batches if runner == "diffusers" else book_batches)(args, device, work, mode)
         row.update(timed(batch, args, device))
     except torch.cuda.OutOfMemoryError as exc:
         row["error"] = f"out of memory: {str(exc)[:200]}"
-    del pipe, comp
+    gc.collect()
     return row
+
+
+def ratios(rows: list[dict[str, Any]], modes: list[str]) -> dict[str, dict[str, float | None]]:
+    """Images/s ratios: the book over diffusers per mode, and each runner compiled over eager."""
+    def rate(runner: str, mode: str | None) -> float | None:
+        return next((r.get("images_per_s") for r in rows if r["runner"] == runner and r["compile"] == mode), None)
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a and b else None
+
+    return {"book_over_diffusers": {m: ratio(rate("book", MODES[m]), rate("diffusers", MODES[m])) for m in modes},
+            "compiled_over_eager": {f"{runner}_{m}": ratio(rate(runner, MODES[m]), rate(runner, None))
+                                    for runner in RUNNERS for m in modes if m != "none"}}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--batches", type=int, default=3, help="timed batches (after --warmup)")
-    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--guidance", type=float, default=7.5)
     ap.add_argument("--resolution", type=int, default=512)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
-    ap.add_argument("--compile", nargs="+", default=["none"], choices=list(COMPILE),
-                    help="the book's path in each of these modes (make_pipeline's compile), side by side")
+    ap.add_argument("--compile", nargs="+", default=["none"], choices=list(MODES),
+                    help="both runners in each of these modes (the UNet through torch.compile), side by side")
     ap.add_argument("--tiny", action="store_true", help="tiny random models (smoke runs): no FLOP counts")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = ap.parse_args(argv)
     if args.warmup < 1:
-        ap.error("--warmup must be at least 1 (compilation and first-call costs land there)")
+        ap.error("--warmup must be at least 1 (first-call costs land there)")
+    if set(args.compile) != {"none"} and args.warmup < 2:
+        ap.error("compiled modes need --warmup 2 or more (compilation, then CUDA-graph recording)")
     device = torch.device(args.device)
     name = device_name(device)
     peak, how = measured_peak_tflops(device)
@@ -149,32 +177,27 @@ def main(argv: list[str] | None = None) -> int:
     flop_per_image = None if args.tiny else args.steps * 2 * UNET_TFLOP * (args.resolution / 512) ** 2
     rows = []
     with tempfile.TemporaryDirectory(prefix="sd_sampling-") as tmp:
-        work = Path(tmp)
-        runs = [lambda: run_diffusers(args, device, work)] + [
-            (lambda m=m: run_book(args, device, work, COMPILE[m])) for m in args.compile]
-        for run in runs:
-            row = run()
-            if flop_per_image and "images_per_s" in row:
-                row["unet_mfu"] = row["images_per_s"] * flop_per_image / peak
-            rows.append(row)
-            gc.collect()
-            if "error" in row:
-                print(f"{row['runner']} compile={row['compile']}: {row['error'][:100]}", flush=True)
-            else:
-                mfu = f" UNet MFU {100 * row['unet_mfu']:.1f}%" if "unet_mfu" in row else ""
-                print(f"{row['runner']:34s} compile={row['compile']!s:16s} {row['batch_s']:8.2f} s/batch "
-                      f"{row['images_per_s']:7.2f} images/s{mfu}", flush=True)
-    base = rows[0].get("images_per_s")
+        for m in args.compile:
+            for runner in RUNNERS:
+                row = run(runner, MODES[m], args, device, Path(tmp))
+                if flop_per_image and "images_per_s" in row:
+                    row["unet_mfu"] = row["images_per_s"] * flop_per_image / peak
+                rows.append(row)
+                if "error" in row:
+                    print(f"{runner:9s} compile={m:12s} {row['error'][:100]}", flush=True)
+                else:
+                    mfu = f" UNet MFU {100 * row['unet_mfu']:.1f}%" if "unet_mfu" in row else ""
+                    print(f"{runner:9s} compile={m:12s} {row['batch_s']:8.2f} s/batch {row['images_per_s']:7.2f} "
+                          f"images/s{mfu} ({row['dtype']})", flush=True)
     result = {"benchmark": "sd_sampling", "device": name,
               "model": "tiny random" if args.tiny else "SD 1.5 architecture, random weights",
               "settings": {"resolution": args.resolution, "batch": args.batch, "batches": args.batches,
                            "warmup": args.warmup, "steps": args.steps, "guidance_scale": args.guidance,
-                           "scheduler": "DDIM", "images_saved_as": "PNG"},
+                           "scheduler": "DDIM", "images_saved_as": "PNG", "compile_modes": args.compile},
               "measured_peak_tflops": peak, "peak_measured_with": how,
               "unet_tflop_per_image": flop_per_image, "versions": versions(),
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "results": rows,
-              "speedup_over_diffusers": {str(r["compile"]): (r["images_per_s"] / base if base and "images_per_s" in r
-                                                             else None) for r in rows[1:]}}
+              **ratios(rows, args.compile)}
     write_benchmark(args.out, "sd_sampling", name, f"-r{args.resolution}-b{args.batch}", result)
     return 0
 

@@ -63,6 +63,7 @@ from typing import Any
 import torch
 
 # from benchmarks/ (this script's folder, first on sys.path); peft_cost puts the repository on sys.path too
+import _compile_stats
 from peft_cost import measured_peak_tflops
 from sd_cost import RandomImages, model_tflops
 
@@ -79,6 +80,10 @@ SHIM = Path(__file__).resolve().parent / "_step_timer.py"
 PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}       # ours -> accelerate's --mixed_precision
 COMPILE = {"none": None, "default": "default", "cudagraphs": "cudagraphs"}   # --compile -> SDTrainConfig.compile
 NOTES = [
+    ("Compile modes: the speedup keys name the book's mode (none, or _default / _cudagraphs); every key divides "
+     "by the diffusers run of this file, whose mode is settings.diffusers_compile (Accelerate's torch.compile "
+     "of the UNet through ACCELERATE_DYNAMO_*; 'none' is the scripts as shipped). compile_stats of a compiled "
+     "row count its graphs, graph breaks and CUDA-graph skips (skips > 0: that row ran without CUDA graphs)."),
     ("diffusers' scripts encode VAE latents and text embeddings every step (no caching): compare them with "
      "the cached_latents=false rows of the book's loop; the cached rows are the book's default."),
     ("Data: both read the same PNGs in the main process (diffusers: datasets imagefolder -> PIL -> torchvision "
@@ -285,10 +290,15 @@ def run_diffusers(method: str, script: Path, argv: list[str], work: Path, args: 
            "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
-    for key in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "ACCELERATE_MIXED_PRECISION"):
+    for key in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "ACCELERATE_MIXED_PRECISION", "ACCELERATE_DYNAMO_BACKEND",
+                "ACCELERATE_DYNAMO_MODE"):
         env.pop(key, None)          # one plain process, whatever launched this one
+    mode = COMPILE[args.diffusers_compile]
+    if mode:                        # Accelerate compiles the prepared UNet itself; the script is unchanged
+        env["ACCELERATE_DYNAMO_BACKEND"] = "inductor"
+        env["ACCELERATE_DYNAMO_MODE"] = "reduce-overhead" if mode == "cudagraphs" else "default"
     row: dict[str, Any] = {"runner": "diffusers", "method": method, "script": script.name,
-                           "cached_latents": False, "cached_text": False}
+                           "cached_latents": False, "cached_text": False, "compile": mode}
     t0 = time.perf_counter()
     with open(log, "w", encoding="utf-8") as fh:
         try:
@@ -333,7 +343,10 @@ def run_ours(method: str, cache: bool, model_dir: Path, data: torch.utils.data.D
                            "compile": compile_mode}
     t0 = time.perf_counter()
     try:
+        before = _compile_stats.snapshot()
         res = train_sd(comp, method, data, cfg, device, progress=True)
+        if compile_mode:
+            row["compile_stats"] = _compile_stats.since(before)
         row.update(step_stats(res.step_times[args.warmup:], args.batch))
         row.update({"cached_latents": res.cached["latents"], "cached_text": res.cached["text"],
                     "peak_memory_bytes": res.peak_memory_bytes, "trainable": res.trainable,
@@ -356,7 +369,7 @@ def speedups(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
     def rate(runner: str, method: str, cached: bool | None = None, mode: str | None = None) -> float | None:
         for r in rows:
             if (r["runner"] == runner and r["method"] == method and (cached is None or r["cached_latents"] == cached)
-                    and r.get("compile") == mode):
+                    and (runner == "diffusers" or r.get("compile") == mode)):   # diffusers: one mode per run
                 return r.get("samples_per_s")
         return None
 
@@ -402,6 +415,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                     help="the book's loop reads the PNGs (as diffusers' scripts do) or in-memory tensors")
     ap.add_argument("--compile", nargs="+", default=["none"], choices=list(COMPILE),
                     help="the book's loop in each of these modes (SDTrainConfig.compile), side by side")
+    ap.add_argument("--diffusers-compile", default="none", choices=list(COMPILE),
+                    help="diffusers' scripts under Accelerate's torch.compile (ACCELERATE_DYNAMO_BACKEND=inductor, "
+                         "ACCELERATE_DYNAMO_MODE: default or reduce-overhead), the scripts unchanged")
     ap.add_argument("--tiny", action="store_true", help="tiny random models (smoke runs): no FLOP counts, no MFU")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per diffusers script run")
     ap.add_argument("--workdir", type=Path, default=None, help="for the pipeline, images and logs (default: a temp dir)")
@@ -410,6 +426,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.warmup < 1:
         ap.error("--warmup must be at least 1 (the first step of each runner is not representative)")
+    if (set(args.compile) != {"none"} or args.diffusers_compile != "none") and args.warmup < 3:
+        ap.error("compiled runs need --warmup 3 or more (compilation, then CUDA-graph warm-up and recording)")
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device here")
     return args
@@ -474,7 +492,8 @@ def main(argv: list[str] | None = None) -> int:
                      "optimizer": "torch AdamW (weight decay 1e-2; no 8-bit)", "max_grad_norm": 1.0,
                      "learning_rates": {m: learning_rate(m) for m in args.methods}, "allow_tf32": False,
                      "images": len(images), "dataloader_num_workers": args.dataloader_num_workers,
-                     "our_data": args.our_data, "our_compile_modes": args.compile},
+                     "our_data": args.our_data, "our_compile_modes": args.compile,
+                     "diffusers_compile": args.diffusers_compile},
         "lora": {"nbsupport": {"r": lora["r"], "alpha": lora["alpha"], "targets": list(LORA_TARGETS),
                                "init": "gaussian", "trainable_dtype": "fp32"},
                  "diffusers": {"rank": lora["r"], "alpha": lora["r"], "targets": ["to_k", "to_q", "to_v", "to_out.0"],

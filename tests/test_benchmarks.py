@@ -33,5 +33,19 @@ def test_sd_vs_diffusers_speedups_pair_each_mode_with_diffusers(monkeypatch):
                                              "cached_over_diffusers": pytest.approx(1.2),
                                              "uncached_cudagraphs_over_diffusers": pytest.approx(1.1),
                                              "cached_cudagraphs_over_diffusers": None}}
-    assert bench.parse(["--diffusers-examples", "x", "--device", "cpu", "--compile", "none", "cudagraphs"]).compile \
-        == ["none", "cudagraphs"]
+    base = ["--diffusers-examples", "x", "--device", "cpu"]
+    assert bench.parse(base + ["--compile", "none", "cudagraphs", "--warmup", "3"]).compile == ["none", "cudagraphs"]
+    with pytest.raises(SystemExit):                          # compilation and graph recording would be timed
+        bench.parse(base + ["--diffusers-compile", "cudagraphs", "--warmup", "2"])
+
+
+def test_sd_sampling_ratios_compare_like_with_like(monkeypatch):
+    pytest.importorskip("diffusers")
+    bench = _load("sd_sampling", monkeypatch)
+    rows = [{"runner": "diffusers", "compile": None, "images_per_s": 2.0},
+            {"runner": "book", "compile": None, "images_per_s": 1.8},
+            {"runner": "diffusers", "compile": "cudagraphs", "images_per_s": 3.0},
+            {"runner": "book", "compile": "cudagraphs", "error": "out of memory"}]
+    assert bench.ratios(rows, ["none", "cudagraphs"]) == {
+        "book_over_diffusers": {"none": pytest.approx(0.9), "cudagraphs": None},
+        "compiled_over_eager": {"diffusers_cudagraphs": pytest.approx(1.5), "book_cudagraphs": None}}

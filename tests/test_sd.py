@@ -373,28 +373,40 @@ def test_a_hub_load_records_the_commit_it_loaded(sd2_snapshot, tmp_path, monkeyp
     assert comp.scheduler.config.prediction_type == "v_prediction"
 
 
-@pytest.mark.parametrize("method", ["lora", "text_encoder+unet"])
-def test_compiled_step_trains_like_eager(method, t2i, tmp_path_factory, monkeypatch):
+@pytest.mark.parametrize("method,mode", [("lora", "cudagraphs"), ("text_encoder+unet", "default")])
+def test_compiled_step_trains_like_eager(method, mode, t2i, tmp_path_factory, monkeypatch):
     """cfg.compile goes through torch.compile (here on the CPU's aot_eager backend, which traces the
-    forward and backward graphs as inductor would, without generating kernels) and changes nothing
-    of the maths: the same losses as the eager step, with gradient checkpointing on."""
-    calls = []
+    forward and backward graphs as inductor would, without generating kernels; the CUDA graph itself
+    needs a GPU) and changes nothing of the maths: the eager losses, with gradient checkpointing on.
+    The compiled step sees one micro-batch shape; the epoch's partial micro-batch runs eagerly."""
+    calls, rows = [], []
     real = torch.compile
 
     def recording(model, mode=None, **kwargs):
         calls.append(mode)
-        return real(model, backend="aot_eager")
+        compiled = real(model, backend="aot_eager")
+
+        def step(batch):
+            rows.append(batch["noise"].shape[0])
+            return compiled(batch)
+        return step
 
     monkeypatch.setattr(torch, "compile", recording)
-    cfg = SDTrainConfig(steps=3, lr=1e-3, **{**CFG, "gradient_checkpointing": True})
+    cfg = SDTrainConfig(steps=4, lr=1e-3, **{**CFG, "batch_size": 3, "gradient_checkpointing": True})   # 4 items: 3, 1
     eager = train_sd(tiny(t2i, tmp_path_factory), method, t2i, cfg, progress=False)
     assert calls == []
-    compiled = train_sd(tiny(t2i, tmp_path_factory), method, t2i, replace(cfg, compile="default"), progress=False)
-    assert calls == [None]
+    compiled = train_sd(tiny(t2i, tmp_path_factory), method, t2i, replace(cfg, compile=mode), progress=False)
+    assert calls == [{"default": None, "cudagraphs": "reduce-overhead"}[mode]] and rows == [3, 3]
     assert compiled.losses == pytest.approx(eager.losses, rel=1e-4)
-    assert cfg.run_settings() == replace(cfg, compile="cudagraphs").run_settings()   # same run, same checkpoints
+    assert cfg.run_settings() == replace(cfg, compile=mode).run_settings()     # same run, same checkpoints
+
+
+def test_compile_settings_are_checked():
     with pytest.raises(ValueError, match="compile='graphs'"):
         SDTrainConfig(compile="graphs")
+    with pytest.raises(ValueError, match="grad_accum=4.*grad_accum=1"):      # graph buffers reused by the next replay
+        SDTrainConfig(compile="cudagraphs", grad_accum=4)
+    assert SDTrainConfig(compile="default", grad_accum=4).grad_accum == 4
 
 
 def test_compiled_unet_samples_the_same_images(t2i, tmp_path_factory, tmp_path, monkeypatch):
@@ -409,7 +421,7 @@ def test_compiled_unet_samples_the_same_images(t2i, tmp_path_factory, tmp_path, 
     monkeypatch.setattr(torch, "compile", lambda m, mode=None, **k: modes.append(mode) or real(m, backend="aot_eager"))
     prompts, seeds = [t2i[0]["caption"], t2i[1]["caption"]], [3, 4]
     plain = sample(comp, prompts, seeds, resolution=32, steps=2)
-    pipe = sampling.make_pipeline(comp, compile="reduce-overhead")
+    pipe = sampling.make_pipeline(comp, compile="cudagraphs")
     assert modes == ["reduce-overhead"] and pipe.unet is not comp.unet
     compiled = sample(comp, prompts, seeds, resolution=32, steps=2, pipe=pipe)
     assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 for a, b in zip(plain, compiled))

@@ -194,6 +194,8 @@ def test_cudagraphs_mode_trains_like_eager_and_runs_partial_batches_eagerly(monk
     graphs = train_classifier(model("lora"), tr, va, None, 5, replace(cfg, compile="cudagraphs"), progress=False)
     assert seen == [4, 4] and graphs.steps == eager.steps == 4
     assert [h["train_loss"] for h in graphs.history] == pytest.approx([h["train_loss"] for h in eager.history], rel=1e-5)
+    with pytest.raises(ValueError, match="grad_accum=2.*grad_accum=1"):
+        train_classifier(model("lora"), tr, va, None, 5, replace(cfg, compile="cudagraphs", grad_accum=2), progress=False)
 
 
 def test_difference_is_the_books_yardstick_and_says_when_one_seed_cannot_tell():

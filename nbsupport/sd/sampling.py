@@ -1,12 +1,13 @@
 """Sampling from (fine-tuned) Stable Diffusion components: grids of prompts x seeds, and batched
 generation to disk with a manifest of what was generated.
 
-On CUDA, sampling runs under half-precision autocast (bf16 where supported, else fp16, as
+On CUDA, sampling runs under half-precision autocast (the UNet's own half dtype when its frozen
+weights are already half, as after fine-tuning; else bf16 where supported, fp16 otherwise, as
 ``torch_dtype=torch.float16`` pipelines do): loaded or fine-tuned components may hold fp32 weights,
 and an fp32 UNet samples several times slower. On the CPU it stays fp32. ``compile="default"`` or
-``"reduce-overhead"`` (CUDA graphs) hands the pipeline a ``torch.compile``'d UNet: the first batch
-pays the compilation, a new batch shape compiles again (``benchmarks/sd_sampling.py`` measures both
-against diffusers' own pipeline).
+``"cudagraphs"`` (``mode="reduce-overhead"``) hands the pipeline a ``torch.compile``'d UNet: the
+first batch pays the compilation, a new batch shape compiles again (``benchmarks/sd_sampling.py``
+measures both against diffusers' own pipeline).
 """
 
 from __future__ import annotations
@@ -25,13 +26,18 @@ __all__ = ["SCHEDULERS", "COMPILE_MODES", "make_pipeline", "sample", "sample_gri
            "sampling_dtype"]
 
 SCHEDULERS = ("ddim", "dpm", "euler", "pndm", "ddpm")
-COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
+COMPILE_MODES = {None: None, "default": None, "cudagraphs": "reduce-overhead", "max-autotune": "max-autotune"}
 
 
-def sampling_dtype(device: torch.device | str) -> torch.dtype | None:
-    """The autocast dtype of sampling on ``device``: bf16 or fp16 on CUDA, None (fp32) elsewhere."""
+def sampling_dtype(device: torch.device | str, unet: torch.nn.Module | None = None) -> torch.dtype | None:
+    """The autocast dtype of sampling on ``device``: None (fp32) off CUDA; on CUDA the half dtype
+    the UNet's weights already hold, if any, else bf16 where supported, else fp16."""
     if torch.device(device).type != "cuda":
         return None
+    if unet is not None:
+        for p in unet.parameters():
+            if p.dtype in (torch.float16, torch.bfloat16):
+                return p.dtype
     from nbsupport.core.env import bf16_available
 
     return torch.bfloat16 if bf16_available() else torch.float16
@@ -57,15 +63,17 @@ def make_pipeline(components: SDComponents, scheduler: str = "ddim", device: tor
                   compile: str | None = None) -> Any:
     """A ``StableDiffusionPipeline`` over the components (no safety checker: research images).
 
-    ``compile``: None, or a ``torch.compile`` mode for the pipeline's UNet (the components keep
-    the plain one)."""
+    ``compile``: None, ``"default"``, ``"cudagraphs"`` or ``"max-autotune"``: ``torch.compile`` the
+    pipeline's UNet (the components keep the plain one), after a reset of Dynamo's caches, so that
+    compiling the UNets of many models in one process never hits its recompilation limit."""
     from diffusers import StableDiffusionPipeline
 
     if compile not in COMPILE_MODES:
-        raise ValueError(f"compile={compile!r}: expected one of {COMPILE_MODES}")
+        raise ValueError(f"compile={compile!r}: expected one of {tuple(COMPILE_MODES)}")
     unet = components.unet
     if compile is not None:
-        unet = torch.compile(unet, mode=None if compile == "default" else compile)
+        torch._dynamo.reset()
+        unet = torch.compile(unet, mode=COMPILE_MODES[compile])
     pipe = StableDiffusionPipeline(
         vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
         unet=unet, scheduler=_scheduler(scheduler, components.scheduler.config),
@@ -85,7 +93,7 @@ def sample(components: SDComponents, prompts: Sequence[str], seeds: Sequence[int
     pipe = pipe or make_pipeline(components, scheduler, device)
     gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
     dev = torch.device(device)
-    half = sampling_dtype(dev)
+    half = sampling_dtype(dev, components.unet)
     with torch.autocast(dev.type, dtype=half, enabled=half is not None):
         out = pipe(list(prompts), height=resolution, width=resolution, num_inference_steps=steps,
                    guidance_scale=guidance_scale, generator=gens, output_type="np").images
@@ -119,6 +127,9 @@ def generate_to_disk(components: SDComponents, items: Sequence[dict[str, Any]], 
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / "manifest.json"
     settings = {k: v for k, v in kw.items() if k != "device"}
+    half = sampling_dtype(kw.get("device", "cpu"), components.unet)
+    if half is not None:               # images sampled in half precision are not mixed with fp32 ones
+        settings["autocast"] = str(half).replace("torch.", "")
     header = {"method": method, "weights": components.weights, "model": model_id or components.weights,
               "settings": settings}
     done: dict[str, Any] = {}

@@ -59,8 +59,13 @@ class SDTrainConfig:
         compile: None (eager), ``"default"`` (``torch.compile`` of the denoising step: the forward and
             backward of every trained model become fused kernels) or ``"cudagraphs"`` (the same with
             ``mode="reduce-overhead"``: CUDA graphs replay each step's kernels with one launch, for
-            small batches where Python and kernel launches bound the step). Same loss as eager; the
-            first steps pay the compilation. Not part of a run's key (it changes speed, not the maths).
+            small batches where Python and kernel launches bound the step; needs ``grad_accum=1``,
+            since a graph's gradient buffers are reused by its next replay). The loss is the eager
+            one up to float rounding; the first steps pay the compilation; the first micro-batch's
+            shape is compiled and other shapes (an epoch's last, partial micro-batch) run eagerly.
+            Each compiled run starts from a reset of Dynamo's caches (``torch._dynamo.reset()``), so
+            that runs of many methods in one process never hit its recompilation limit and fall
+            back to eager unseen. Not part of a run's key (it changes speed, not the result).
     """
 
     steps: int = 1000
@@ -82,6 +87,10 @@ class SDTrainConfig:
     def __post_init__(self) -> None:
         if self.compile not in (None, "default", "cudagraphs"):
             raise ValueError(f"compile={self.compile!r}: expected None, 'default' or 'cudagraphs'")
+        if self.compile == "cudagraphs" and self.grad_accum > 1:
+            raise ValueError(f"compile='cudagraphs' with grad_accum={self.grad_accum}: a CUDA graph's gradient "
+                             "buffers are overwritten by its next replay, before the micro-batches' gradients are "
+                             "summed; use grad_accum=1 (a larger batch_size) or compile='default'")
 
     def run_settings(self) -> dict[str, Any]:
         """The settings that define a run's result (checkpoint keys): all but ``compile``."""
@@ -320,8 +329,12 @@ def train_sd(
         torch.cuda.reset_peak_memory_stats(device)
     denoise = DenoisingStep(components, spec.trains_vae, half, dtype is not None)
     wrapped, step_opt = eng.wrap(denoise, opt)          # DDP + Accelerate's optimizer under a launcher
-    forward = (torch.compile(wrapped, mode="reduce-overhead" if cfg.compile == "cudagraphs" else None)
-               if cfg.compile else wrapped)             # same parameters; eng.micro still sees the wrapper
+    forward = wrapped
+    if cfg.compile:
+        torch._dynamo.reset()                           # a fresh recompilation budget for this run
+        sched.alphas_cumprod = sched.alphas_cumprod.to(device)   # a device tensor, not a CPU one, in the graph
+        forward = torch.compile(wrapped, mode="reduce-overhead" if cfg.compile == "cudagraphs" else None)
+    graph_shape: torch.Size | None = None               # the one micro-batch shape the compiled step serves
     micro_per_epoch = math.ceil(n / cfg.batch_size)
     steps_run = 0
     step_times: list[float] = []
@@ -358,11 +371,18 @@ def train_sd(
             else:
                 batch["ids"] = prompt_ids(components.tokenizer, caps)
             weight = share(len(mine), len(idx), eng.world, 1, empty)
-            if cfg.compile == "cudagraphs":
-                torch.compiler.cudagraph_mark_step_begin()         # the last replay's outputs are consumed
+            run = wrapped
+            if cfg.compile:
+                # every input on the device (a CPU tensor in the graph rules out CUDA graphs); the
+                # first shape seen is compiled, any other runs eagerly
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                graph_shape = graph_shape or batch["noise"].shape
+                run = forward if batch["noise"].shape == graph_shape else wrapped
+                if cfg.compile == "cudagraphs":
+                    torch.compiler.cudagraph_mark_step_begin()     # the last replay's outputs are consumed
             with eng.micro(wrapped):
                 with eng.autocast():
-                    loss = forward(batch)
+                    loss = run(batch)
                 eng.backward(loss * weight if weight != 1.0 else loss)
             step_loss_t += loss.detach() * (weight / eng.world / cfg.grad_accum)
             samples += len(idx)

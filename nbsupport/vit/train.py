@@ -61,7 +61,7 @@ class TrainConfig:
         eval_batch_size: batch size for validation / test.
         compile: None, ``"default"`` (torch.compile) or ``"cudagraphs"`` (torch.compile with
             mode="reduce-overhead": CUDA graphs remove the kernel-launch overhead that dominates
-            small PEFT modules at small batches). A graph has one batch shape: under
+            small PEFT modules at small batches; needs ``grad_accum=1``). A graph has one batch shape: under
             ``"cudagraphs"`` the first micro-batch's shape is compiled and any other (the epoch's
             last, partial batch) runs eagerly, so every mode trains on the same batches.
         grad_accum: split each batch into this many micro-batches, one backward pass each, one
@@ -283,6 +283,10 @@ def train_classifier(
         raise ValueError("the model has no trainable parameters: adapt it with nbsupport.vit.methods.adapt first")
     if cfg.compile not in (None, "default", "cudagraphs"):
         raise ValueError(f"compile={cfg.compile!r}: expected None, 'default' or 'cudagraphs'")
+    if cfg.compile == "cudagraphs" and cfg.grad_accum > 1:
+        raise ValueError(f"compile='cudagraphs' with grad_accum={cfg.grad_accum}: a CUDA graph's gradient buffers "
+                         "are overwritten by its next replay, before the micro-batches' gradients are summed; "
+                         "use grad_accum=1 or compile='default'")
     per_epoch = steps_per_epoch(len(train_set), cfg)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -291,6 +295,8 @@ def train_classifier(
         raise ValueError(f"batch_size={cfg.batch_size} is smaller than the {eng.world} processes: "
                          "the batch is the global one, split across processes; raise it")
     wrapped, step_opt = eng.wrap(model, opt)          # DDP + Accelerate's optimizer under a launcher
+    if cfg.compile:
+        torch._dynamo.reset()        # a fresh recompilation budget: many runs in one process never fall back to eager
     step_model = (torch.compile(wrapped, mode="reduce-overhead") if cfg.compile == "cudagraphs"
                   else torch.compile(wrapped) if cfg.compile == "default" else wrapped)
     graph_shape: torch.Size | None = None      # "cudagraphs": the one input shape the graph serves
