@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from nbsupport.core.checkpoints import CheckpointError, StepCheckpoints
+from nbsupport.core.compiling import check_train_compile, compile_step
 from nbsupport.core.distributed import engine, raw_optimizer, share
 from nbsupport.sd.methods import SD_METHODS, prepare, save_trainable, trainable_state
 from nbsupport.sd.models import SDComponents
@@ -85,12 +86,7 @@ class SDTrainConfig:
     compile: str | None = None
 
     def __post_init__(self) -> None:
-        if self.compile not in (None, "default", "cudagraphs"):
-            raise ValueError(f"compile={self.compile!r}: expected None, 'default' or 'cudagraphs'")
-        if self.compile == "cudagraphs" and self.grad_accum > 1:
-            raise ValueError(f"compile='cudagraphs' with grad_accum={self.grad_accum}: a CUDA graph's gradient "
-                             "buffers are overwritten by its next replay, before the micro-batches' gradients are "
-                             "summed; use grad_accum=1 (a larger batch_size) or compile='default'")
+        check_train_compile(self.compile, self.grad_accum)
 
     def run_settings(self) -> dict[str, Any]:
         """The settings that define a run's result (checkpoint keys): all but ``compile``."""
@@ -331,9 +327,8 @@ def train_sd(
     wrapped, step_opt = eng.wrap(denoise, opt)          # DDP + Accelerate's optimizer under a launcher
     forward = wrapped
     if cfg.compile:
-        torch._dynamo.reset()                           # a fresh recompilation budget for this run
         sched.alphas_cumprod = sched.alphas_cumprod.to(device)   # a device tensor, not a CPU one, in the graph
-        forward = torch.compile(wrapped, mode="reduce-overhead" if cfg.compile == "cudagraphs" else None)
+        forward = compile_step(wrapped, cfg.compile)
     graph_shape: torch.Size | None = None               # the one micro-batch shape the compiled step serves
     micro_per_epoch = math.ceil(n / cfg.batch_size)
     steps_run = 0

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from nbsupport.core.checkpoints import CheckpointError, StepCheckpoints
+from nbsupport.core.compiling import check_train_compile, compile_step
 from nbsupport.core.distributed import Engine, engine, raw_optimizer, share
 from nbsupport.vit.methods import (
     save_trainable,
@@ -281,12 +282,7 @@ def train_classifier(
     params = trainable_parameters(model)
     if not params:
         raise ValueError("the model has no trainable parameters: adapt it with nbsupport.vit.methods.adapt first")
-    if cfg.compile not in (None, "default", "cudagraphs"):
-        raise ValueError(f"compile={cfg.compile!r}: expected None, 'default' or 'cudagraphs'")
-    if cfg.compile == "cudagraphs" and cfg.grad_accum > 1:
-        raise ValueError(f"compile='cudagraphs' with grad_accum={cfg.grad_accum}: a CUDA graph's gradient buffers "
-                         "are overwritten by its next replay, before the micro-batches' gradients are summed; "
-                         "use grad_accum=1 or compile='default'")
+    check_train_compile(cfg.compile, cfg.grad_accum)
     per_epoch = steps_per_epoch(len(train_set), cfg)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -295,10 +291,7 @@ def train_classifier(
         raise ValueError(f"batch_size={cfg.batch_size} is smaller than the {eng.world} processes: "
                          "the batch is the global one, split across processes; raise it")
     wrapped, step_opt = eng.wrap(model, opt)          # DDP + Accelerate's optimizer under a launcher
-    if cfg.compile:
-        torch._dynamo.reset()        # a fresh recompilation budget: many runs in one process never fall back to eager
-    step_model = (torch.compile(wrapped, mode="reduce-overhead") if cfg.compile == "cudagraphs"
-                  else torch.compile(wrapped) if cfg.compile == "default" else wrapped)
+    step_model = compile_step(wrapped, cfg.compile) if cfg.compile else wrapped
     graph_shape: torch.Size | None = None      # "cudagraphs": the one input shape the graph serves
 
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
