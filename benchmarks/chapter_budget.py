@@ -104,6 +104,7 @@ def main() -> None:
     ap.add_argument("--collect", type=Path, default=None, help="read records of an earlier run from DIR/records")
     ap.add_argument("--keep-cache", action="store_true", help="reuse the checkpoint cache (default: a fresh one)")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--note", default=None, help="what the timings should be read with (e.g. other load on the machine)")
     args = ap.parse_args()
 
     notebooks = {c: next((ROOT / "notebooks").glob(f"{c}_*.ipynb")) for c in args.chapters}
@@ -133,7 +134,8 @@ def main() -> None:
     device = describe_device("cpu")
     result = {"benchmark": "chapter_budget", "profile": args.profile, "device": device.get("name"),
               "device_info": device, "commit": git_commit(), "mode": "collected" if args.collect else "executed",
-              "total_minutes": sum(walls) / 60, "chapters": rows}
+              "total_minutes": sum(walls) / 60, "chapters": rows,
+              **({"note": args.note} if args.note else {})}
     print(f"total: {result['total_minutes']:.1f} min")
     suffix = f"-{args.profile}" + (f"-{args.tag}" if args.tag else "")
     write_benchmark(ROOT / "benchmarks" / "results", "chapter_budget", str(device.get("name")), suffix, result)
