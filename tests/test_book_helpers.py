@@ -112,6 +112,25 @@ def test_site_check_finds_each_kind_of_problem(tmp_path):
     assert not [p for p in problems if p.startswith(("index.html", "notebooks/a.html"))]   # nan in a script is not shown
 
 
+def test_screenshots_skip_redirect_pages(tmp_path):
+    """A meta-refresh page (the site's index.html) hangs headless Chromium: it is skipped; every
+    other page is shot with the arguments that make Chromium finish."""
+    from nbsupport.book.site import screenshot_pages
+
+    site = tmp_path / "html"
+    (site / "book").mkdir(parents=True)
+    (site / "index.html").write_text('<meta http-equiv="Refresh" content="0; url=book/intro.html" />')
+    (site / "book" / "intro.html").write_text("<p>intro</p>")
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "chromium"          # writes the PNG it is asked for and logs its arguments
+    fake.write_text("#!/bin/sh\necho \"$@\" >> %s\nfor a in \"$@\"; do case $a in --screenshot=*) "
+                    ": > \"${a#--screenshot=}\";; esac; done\n" % calls)
+    fake.chmod(0o755)
+    shots = screenshot_pages(site, tmp_path / "shots", chromium=str(fake))
+    assert [p.name for p in shots] == ["book_intro.png"] and shots[0].is_file()
+    assert "--virtual-time-budget=10000" in calls.read_text() and "index.html" not in calls.read_text()
+
+
 def test_site_check_wants_local_mathjax_when_the_site_ships_it(tmp_path):
     from nbsupport.book.site import check_site
 

@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 __all__ = ["check_site", "page_text", "screenshot_pages", "find_chromium"]
 
 _HREF = re.compile(r'(?:href|src)="([^"]+)"')
+_REDIRECT = re.compile(r'<meta[^>]+http-equiv="refresh"', re.IGNORECASE)
 _NAN = re.compile(r"(?<![\w.-])(?:nan|NaN)(?![\w-])")
 
 
@@ -102,9 +103,11 @@ def find_chromium() -> str | None:
 def screenshot_pages(html_dir: str | Path, out_dir: str | Path, width: int = 1280, height: int = 6000,
                      chromium: str | None = None) -> list[Path]:
     """A full-width PNG of every page (``out_dir/<page path with _>.png``); returns the files.
+    Redirect-only pages (the site's ``index.html``) are skipped: their target is shot as itself.
 
     Raises:
         FileNotFoundError: no Chromium installed (``apt install chromium`` works offline from a mirror).
+        RuntimeError: Chromium did not finish a page within two minutes (the page is named).
     """
     exe = chromium or find_chromium()
     if exe is None:
@@ -116,9 +119,16 @@ def screenshot_pages(html_dir: str | Path, out_dir: str | Path, width: int = 128
         rel = page.relative_to(root)
         if rel.parts[0].startswith("_") or rel.name in ("genindex.html", "search.html"):
             continue
+        if _REDIRECT.search(page.read_text(encoding="utf-8", errors="replace")[:2000]):
+            continue                   # headless Chromium waits forever on a meta refresh
         png = out / (str(rel.with_suffix("")).replace("/", "_") + ".png")
-        subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                        f"--window-size={width},{height}", f"--screenshot={png.resolve()}", page.as_uri()],
-                       check=True, capture_output=True, timeout=120)
+        try:
+            subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                            "--virtual-time-budget=10000", f"--window-size={width},{height}",
+                            f"--screenshot={png.resolve()}", page.as_uri()],
+                           check=True, capture_output=True, timeout=120)
+        except subprocess.TimeoutExpired as exc:
+            raise RuntimeError(f"chromium took over 120 s to screenshot {page}; open it in a browser to see "
+                               "what it waits for") from exc
         shots.append(png)
     return shots
