@@ -36,6 +36,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -279,7 +280,7 @@ def pretrain_sd(cfg: SDPretrainConfig, out_dir: str | Path | None = None, device
                                                eyes[-cfg.holdout:], device)
         run.update_state("vae", vae_state)
         if progress:
-            print(f"VAE round trip on held-out eyes: {vae_state['evaluation']}")
+            print(f"VAE round trip on held-out eyes: {vae_state['evaluation']}", file=sys.stderr)   # a progress log
 
     # ---- latents of the training images under the finished VAE (cached in the run directory)
     vae = comp.vae.requires_grad_(False)
@@ -350,7 +351,7 @@ def pretrain_sd(cfg: SDPretrainConfig, out_dir: str | Path | None = None, device
             ev = evaluate_pocket(shipped, images[-cfg.holdout:], grades[-cfg.holdout:], eyes[-cfg.holdout:],
                                  cfg, device)
             state["evaluations"].append({"step": state["step"], **ev})
-            bar.write(f"step {state['step']}: {ev}")
+            bar.write(f"step {state['step']}: {ev}", file=sys.stderr)
             log.pause_ended()
             unet.train()
             text.train()

@@ -28,6 +28,7 @@ stop after ``max_minutes`` to continue later; a linear probe on the target task 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -241,7 +242,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path | None = None, device: str
         if state["step"] % cfg.probe_every == 0 or state["step"] == cfg.steps:
             probe = target_probe(model, POCKET_MEAN, POCKET_STD, data=probe_data)
             state["probes"].append({"step": state["step"], **probe})
-            bar.write(f"step {state['step']}: target linear probe QWK {probe}")
+            bar.write(f"step {state['step']}: target linear probe QWK {probe}", file=sys.stderr)
             t_last = time.perf_counter()
         if state["step"] % cfg.checkpoint_every == 0 or state["step"] == cfg.steps:
             save()
