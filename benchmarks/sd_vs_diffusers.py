@@ -34,8 +34,8 @@ Model FLOPs are ``sd_cost.model_tflops`` (UNet; the VAE encoder when latents are
 when text embeddings are not cached, the CLIP text encoder's forward: 2 x 85M matmul parameters x 77
 tokens + attention = 0.0133 TFLOP per sample (1.7% of the UNet forward at 512 px). With ``--tiny`` the
 FLOP counts (SD 1.5's) do not apply and MFU is left out. Writes
-``<out>/sd_vs_diffusers-<device>-r<resolution>-b<batch>-<precision>[-<modes>].json`` (modes when not only
-``none``).
+``<out>/sd_vs_diffusers-<device>-r<resolution>-b<batch>-<precision>[-<modes>][-diffusers-<mode>].json``
+(the book's modes when not only ``none``; diffusers' when compiled).
 """
 
 from __future__ import annotations
@@ -510,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "results": rows, "speedup": speedups(rows),
     }
-    modes = "" if args.compile == ["none"] else "-" + "-".join(args.compile)
+    modes = ("" if args.compile == ["none"] else "-" + "-".join(args.compile)) + (
+        "" if args.diffusers_compile == "none" else f"-diffusers-{args.diffusers_compile}")   # one file per setting
     write_benchmark(args.out, "sd_vs_diffusers", name, f"-r{args.resolution}-b{args.batch}-{args.precision}{modes}",
                     result)
     return 0
