@@ -235,3 +235,38 @@ def test_a_method_keeps_its_colour_across_chapters():
     colours = viz.method_colours()
     assert set(colours) == {m.label for m in METHODS.values()} | {"Decoder only"}
     assert colours["Decoder only"] == colours["Linear probe"] and len({colours[m.label] for m in METHODS.values()}) == len(METHODS)
+
+
+def test_comparison_grid_wraps_many_columns_into_wide_blocks():
+    import matplotlib.pyplot as plt
+
+    from nbsupport.book import viz
+
+    matplotlib.use("Agg")
+    img = np.zeros((8, 8, 3), dtype=np.uint8)
+    cols = {f"method {k}": [img + k, img, img] for k in range(13)}
+    fig = viz.comparison_grid(cols, ["grade 0", "grade 2", "grade 4"], max_cols=7)
+    grid = np.array(fig.axes).reshape(6, 7)                  # two blocks of three rows, seven columns
+    assert grid[0, 0].get_title() == "method 0" and grid[3, 0].get_title() == "method 7"
+    assert grid[1, 0].get_ylabel() == "grade 2" and grid[4, 0].get_ylabel() == "grade 2"
+    assert grid[3, 6].axison is False and grid[0, 6].images                # the last block has six columns
+    assert fig.get_figwidth() > fig.get_figheight()
+    plt.close(fig)
+    with pytest.raises(ValueError, match="'method 1' has 2 images for 3 row labels"):
+        viz.comparison_grid({"method 0": [img] * 3, "method 1": [img] * 2}, ["a", "b", "c"])
+
+
+def test_image_grid_leaves_room_for_titles():
+    import matplotlib.pyplot as plt
+
+    from nbsupport.book import viz
+
+    matplotlib.use("Agg")
+    imgs = [np.zeros((64, 64, 3), dtype=np.uint8)] * 8           # chapter 9's masks figure
+    fig = viz.image_grid(imgs, [f"image {i}" for i in range(8)], ncols=4, size=2.2, suptitle="a / legend / line")
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    title = fig.axes[4].title.get_window_extent(r)              # second row's first title
+    above = fig.axes[0].get_window_extent(r)                    # the image above it
+    assert title.y1 <= above.y0 + 1
+    plt.close(fig)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import textwrap
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["LESION_COLOURS", "image_grid", "method_colours", "overlay_masks", "profile_banner", "to_uint8"]
+__all__ = ["LESION_COLOURS", "comparison_grid", "image_grid", "method_colours", "overlay_masks", "profile_banner", "to_uint8"]
 
 LESION_COLOURS: dict[str, tuple[int, int, int]] = {
     "microaneurysms": (255, 0, 255),
@@ -54,7 +55,8 @@ def image_grid(images: Sequence[np.ndarray], titles: Sequence[str] | None = None
     n = len(images)
     ncols = min(ncols, n)
     nrows = (n + ncols - 1) // ncols
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.4 if suptitle else 0)),
+    title_room = 0.3 * nrows if titles is not None else 0.0      # or each row's titles overlap the row above
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + title_room + (0.4 if suptitle else 0)),
                              squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
@@ -64,6 +66,45 @@ def image_grid(images: Sequence[np.ndarray], titles: Sequence[str] | None = None
                 ax.set_title(titles[i], fontsize=9)
     if suptitle:
         fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def comparison_grid(columns: Mapping[str, Sequence[np.ndarray]], row_labels: Sequence[str], max_cols: int = 7,
+                    size: float = 1.5, wrap: int = 16):
+    """Many named columns of images over the same few inputs, e.g. one column per method and one
+    row per prompt: the columns are wrapped into blocks of at most ``max_cols``, stacked top to
+    bottom, each block titling its columns and labelling its rows. Wide rather than tall, so each
+    image stays large on a page. ``columns`` maps a title to one ``[H, W, 3]`` image per row label.
+    Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    names = list(columns)
+    if not names or not row_labels:
+        raise ValueError("comparison_grid needs at least one column and one row label")
+    for name in names:
+        if len(columns[name]) != len(row_labels):
+            raise ValueError(f"column {name!r} has {len(columns[name])} images for {len(row_labels)} row labels "
+                             f"({list(row_labels)}): give each column one image per row")
+    n_rows, ncols = len(row_labels), min(max_cols, len(names))
+    blocks = (len(names) + ncols - 1) // ncols
+    fig, axes = plt.subplots(blocks * n_rows, ncols, squeeze=False,
+                             figsize=(size * ncols + 0.5, blocks * (size * n_rows + 0.5)))
+    for b in range(blocks):
+        for j in range(ncols):
+            k = b * ncols + j
+            for r in range(n_rows):
+                ax = axes[b * n_rows + r, j]
+                ax.set_xticks([]), ax.set_yticks([])
+                ax.spines[:].set_visible(False)
+                if k >= len(names):
+                    ax.axis("off")
+                    continue
+                ax.imshow(columns[names[k]][r])
+                if r == 0:
+                    ax.set_title(textwrap.fill(names[k], wrap), fontsize=8)
+                if j == 0:
+                    ax.set_ylabel(row_labels[r], fontsize=8)
     fig.tight_layout()
     return fig
 
