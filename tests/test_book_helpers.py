@@ -270,3 +270,28 @@ def test_image_grid_leaves_room_for_titles():
     above = fig.axes[0].get_window_extent(r)                    # the image above it
     assert title.y1 <= above.y0 + 1
     plt.close(fig)
+
+
+def test_a_page_shows_the_parameters_it_ran_with_once(tmp_path):
+    import nbformat
+
+    from nbsupport.book.runner import _prepare_page
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell('profile = "smoke"        # smoke | cpu | gpu | full\n'
+                                          'seeds = None             # None: the profile\'s\n'
+                                          '                         # a continuation comment\n'
+                                          'seed = 0',
+                                          metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell('# Parameters\nprofile = "cpu"\nseed = 0\nepochs = 3\n',
+                                          metadata={"tags": ["injected-parameters"]})]
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    _prepare_page(tmp_path / "in.ipynb", tmp_path / "out.ipynb", smoke=False)
+    params, injected = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells
+    assert params.source.splitlines() == [
+        'profile = "cpu"  # this build (default "smoke"); smoke | cpu | gpu | full',
+        "seeds = None             # None: the profile's",
+        "                         # a continuation comment",
+        "seed = 0",                                             # the default: left as it was
+        "epochs = 3  # this build"]                             # not among the defaults: appended
+    assert "remove-cell" in injected.metadata["tags"]

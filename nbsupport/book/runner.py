@@ -190,18 +190,46 @@ def _smoke_note() -> dict[str, Any]:
             "data": {"text/markdown": f"<small>⚠ {SMOKE_LABEL}</small>", "text/plain": SMOKE_LABEL}}
 
 
+def _fold_parameters(defaults: str, injected: str) -> str:
+    """The ``parameters`` cell's source with papermill's injected values written over its defaults,
+    so that a page shows the values it ran with once, where the reader looks for them. Each
+    ``name = value`` line of ``injected`` replaces the single-line assignment of ``name`` (its
+    trailing comment kept); a name without one is appended. Lines are marked ``# this build``."""
+    lines = defaults.splitlines()
+    for line in injected.splitlines():
+        m = re.match(r"^(\w+)\s*=\s*(.+?)\s*$", line)
+        if not m:
+            continue                                  # papermill's "# Parameters" header
+        name, value = m.groups()
+        pattern = re.compile(rf"^{re.escape(name)}\s*=\s*(.*?)(\s+#.*)?$")
+        for i, old in enumerate(lines):
+            hit = pattern.match(old)
+            if hit:
+                if hit.group(1).strip() != value:
+                    note = f"; {hit.group(2).strip()[1:].strip()}" if hit.group(2) else ""
+                    lines[i] = f"{name} = {value}  # this build (default {hit.group(1).strip()}){note}"
+                break
+        else:
+            lines.append(f"{name} = {value}  # this build")
+    return "\n".join(lines)
+
+
 def _prepare_page(src: Path, dst: Path, smoke: bool) -> None:
-    """Copy an executed chapter for the website: papermill's injected-parameters cell is removed,
+    """Copy an executed chapter for the website: papermill's injected values are written into the
+    ``parameters`` cell (:func:`_fold_parameters`) and its injected cell is removed,
     and at a random-weights profile every figure and table gets the "smoke: not a result" label
     (except cells tagged ``diagram``, drawings, and ``benchmark``, committed measurements from
     ``benchmarks/results`` that do not depend on this build's profile)."""
     import nbformat
 
     nb = nbformat.read(src, as_version=4)
+    params = next((c for c in nb.cells if "parameters" in c.metadata.get("tags", [])), None)
     for cell in nb.cells:
         tags = cell.metadata.setdefault("tags", [])
         if "injected-parameters" in tags and "remove-cell" not in tags:
             tags.append("remove-cell")
+            if params is not None:
+                params.source = _fold_parameters(params.source, cell.source)
         if smoke and cell.cell_type == "code" and not {"diagram", "benchmark"} & set(tags):
             outputs = []
             for out in cell.get("outputs", []):
