@@ -281,9 +281,10 @@ def test_a_page_shows_the_parameters_it_ran_with_once(tmp_path):
     nb.cells = [nbformat.v4.new_code_cell('profile = "smoke"        # smoke | cpu | gpu | full\n'
                                           'seeds = None             # None: the profile\'s\n'
                                           '                         # a continuation comment\n'
-                                          'seed = 0',
+                                          'seed = 0\n'
+                                          'names = ["a",\n         "b"]',
                                           metadata={"tags": ["parameters"]}),
-                nbformat.v4.new_code_cell('# Parameters\nprofile = "cpu"\nseed = 0\nepochs = 3\n',
+                nbformat.v4.new_code_cell('# Parameters\nprofile = "cpu"\nseed = 0\nepochs = 3\nnames = ["c"]\n',
                                           metadata={"tags": ["injected-parameters"]})]
     nbformat.write(nb, tmp_path / "in.ipynb")
     _prepare_page(tmp_path / "in.ipynb", tmp_path / "out.ipynb", smoke=False)
@@ -293,5 +294,7 @@ def test_a_page_shows_the_parameters_it_ran_with_once(tmp_path):
         "seeds = None             # None: the profile's",
         "                         # a continuation comment",
         "seed = 0",                                             # the default: left as it was
-        "epochs = 3  # this build"]                             # not among the defaults: appended
+        'names = ["a",', '         "b"]',
+        "epochs = 3  # this build",                             # not among the defaults: appended
+        'names = ["c"]  # this build']                          # a default over two lines: overridden below it
     assert "remove-cell" in injected.metadata["tags"]

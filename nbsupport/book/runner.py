@@ -194,7 +194,8 @@ def _fold_parameters(defaults: str, injected: str) -> str:
     """The ``parameters`` cell's source with papermill's injected values written over its defaults,
     so that a page shows the values it ran with once, where the reader looks for them. Each
     ``name = value`` line of ``injected`` replaces the single-line assignment of ``name`` (its
-    trailing comment kept); a name without one is appended. Lines are marked ``# this build``."""
+    trailing comment kept); a name without one (or whose default spans lines) is appended, where
+    it overrides the default as papermill's cell did. Lines are marked ``# this build``."""
     lines = defaults.splitlines()
     for line in injected.splitlines():
         m = re.match(r"^(\w+)\s*=\s*(.+?)\s*$", line)
@@ -204,7 +205,8 @@ def _fold_parameters(defaults: str, injected: str) -> str:
         pattern = re.compile(rf"^{re.escape(name)}\s*=\s*(.*?)(\s+#.*)?$")
         for i, old in enumerate(lines):
             hit = pattern.match(old)
-            if hit:
+            opened = sum(hit.group(1).count(c) for c in "([{") if hit else 0
+            if hit and opened == sum(hit.group(1).count(c) for c in ")]}"):   # a one-line default
                 if hit.group(1).strip() != value:
                     note = f"; {hit.group(2).strip()[1:].strip()}" if hit.group(2) else ""
                     lines[i] = f"{name} = {value}  # this build (default {hit.group(1).strip()}){note}"
