@@ -256,6 +256,25 @@ def test_comparison_grid_wraps_many_columns_into_wide_blocks():
         viz.comparison_grid({"method 0": [img] * 3, "method 1": [img] * 2}, ["a", "b", "c"])
 
 
+def test_heat_colourbar_matches_the_overlay_scale():
+    import matplotlib.pyplot as plt
+
+    from nbsupport.book import viz
+
+    matplotlib.use("Agg")
+    image = np.zeros((16, 16, 3), dtype=np.uint8)
+    heat = np.array([[0.2, 0.2], [0.2, 5.0]])               # any range: the overlay scales min..max to 0..1
+    over = viz.heatmap_overlay(image, heat, alpha=1.0)
+    fig = viz.comparison_grid({"a": [over], "b": [over]}, ["row"])
+    bar = viz.heat_colourbar(fig, "attention")
+    cmap, norm = bar.mappable.get_cmap(), bar.mappable.norm
+    hottest = (np.array(cmap(norm(1.0))[:3]) * 255).astype(np.uint8)
+    coldest = (np.array(cmap(norm(0.0))[:3]) * 255).astype(np.uint8)
+    assert np.abs(over[-1, -1].astype(int) - hottest).max() <= 1 and np.abs(over[0, 0].astype(int) - coldest).max() <= 1
+    assert [t.get_text() for t in bar.ax.get_yticklabels()] == ["low", "high"] and bar.ax.get_ylabel() == "attention"
+    plt.close(fig)
+
+
 def test_image_grid_leaves_room_for_titles():
     import matplotlib.pyplot as plt
 

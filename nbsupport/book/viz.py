@@ -109,6 +109,18 @@ def comparison_grid(columns: Mapping[str, Sequence[np.ndarray]], row_labels: Seq
     return fig
 
 
+def heat_colourbar(fig, label: str, cmap: str = "inferno"):  # type: ignore[no-untyped-def]
+    """A colour bar on the right of ``fig`` for maps drawn by :func:`heatmap_overlay` (each scaled
+    from its own minimum, 0, to its own maximum, 1, so the bar reads "low" to "high")."""
+    from matplotlib.cm import ScalarMappable
+
+    bar = fig.colorbar(ScalarMappable(cmap=cmap), ax=fig.axes, shrink=0.8, fraction=0.03, pad=0.02)
+    bar.set_ticks([0, 1], labels=["low", "high"])
+    bar.set_label(label, fontsize=8)
+    bar.ax.tick_params(labelsize=8)
+    return bar
+
+
 def method_colours() -> dict[str, Any]:
     """One colour per ViT method's display label (registry order, ``tab10``), so a method has the same
     colour in every chapter's plot; ``"Decoder only"`` (the linear probe of segmentation) shares the
