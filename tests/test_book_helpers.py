@@ -95,6 +95,29 @@ def test_diagrams_draw_their_parts(name, words):
     matplotlib.pyplot.close(fig)
 
 
+@pytest.mark.parametrize("name", diagrams.__all__)
+def test_diagram_text_stays_inside_its_box(name):
+    from matplotlib.patches import FancyBboxPatch
+
+    fig = getattr(diagrams, name)()
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [p for p in ax.patches if isinstance(p, FancyBboxPatch)]
+    checked = 0
+    for t in ax.texts:
+        x, y = t.get_position()
+        for b in boxes:
+            if abs(b.get_x() + b.get_width() / 2 - x) < 1e-9 and abs(b.get_y() + b.get_height() / 2 - y) < 1e-9:
+                inner = t.get_window_extent(renderer)
+                outer = b.get_window_extent(renderer)
+                assert outer.x0 <= inner.x0 and inner.x1 <= outer.x1 and outer.y0 <= inner.y0 and inner.y1 <= outer.y1, \
+                    f"{name}: {t.get_text()!r} spills out of its box"
+                checked += 1
+    assert checked >= 6
+    matplotlib.pyplot.close(fig)
+
+
 def test_site_check_finds_each_kind_of_problem(tmp_path):
     from nbsupport.book.site import check_site
 

@@ -17,6 +17,7 @@ from typing import Any
 __all__ = ["dvpt_module", "vit_block_methods", "sd_pipeline", "evaluation_protocol"]
 
 FROZEN, TRAINED, DATA, OUTPUT = "#e6e6e6", "#fdd9a8", "#cfe3f6", "#d9f0d3"
+FONT_SCALE = 1.15   # every font size below is multiplied by this: a page shows a 10 in figure at ~8 in
 
 
 class _Canvas:
@@ -29,7 +30,7 @@ class _Canvas:
         self.ax.set(xlim=(0, width), ylim=(0, height), aspect="equal")
         self.ax.axis("off")
         if title:
-            self.ax.set_title(title, fontsize=11, loc="left")
+            self.ax.set_title(title, fontsize=11 * FONT_SCALE, loc="left")
 
     def box(self, x: float, y: float, w: float, h: float, text: str, colour: str = FROZEN,
             size: float = 8.5, style: str = "round,pad=0.02,rounding_size=0.12", ls: str = "-") -> tuple[float, ...]:
@@ -37,7 +38,7 @@ class _Canvas:
         from matplotlib.patches import FancyBboxPatch
 
         self.ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle=style, fc=colour, ec="#555555", lw=1.0, ls=ls))
-        self.ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=size, wrap=True)
+        self.ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=size * FONT_SCALE)
         return (x, y, w, h)
 
     def arrow(self, a: tuple[float, float], b: tuple[float, float], text: str = "", colour: str = "#333333",
@@ -48,10 +49,10 @@ class _Canvas:
                                                               connectionstyle=f"arc3,rad={rad}"))
         if text:
             self.ax.text((a[0] + b[0]) / 2 + offset[0], (a[1] + b[1]) / 2 + offset[1], text, ha="center",
-                         va="bottom", fontsize=size, color="#333333")
+                         va="bottom", fontsize=size * FONT_SCALE, color="#333333")
 
     def note(self, x: float, y: float, text: str, size: float = 8.0, colour: str = "#333333", **kw: Any) -> None:
-        self.ax.text(x, y, text, fontsize=size, color=colour, **kw)
+        self.ax.text(x, y, text, fontsize=size * FONT_SCALE, color=colour, **kw)
 
     def legend(self, x: float, y: float, items: list[tuple[str, str]]) -> None:
         """Colour swatches with their meaning, left to right from ``(x, y)``."""
@@ -93,13 +94,13 @@ def dvpt_module() -> Any:
     x_in = c.box(0.2, 2.2, 1.9, 1.0, "frozen tokens\nLN(x)  [B, N, D]", DATA)
     down = c.box(2.7, 2.2, 1.8, 1.0, "bottleneck\nGELU(down(x))\nD → r", TRAINED)
     kv = c.box(5.1, 2.2, 1.9, 1.0, "H  [B, N, r]\n→ keys, values,\ntoken queries", TRAINED)
-    prompts = c.box(2.7, 4.4, 1.8, 1.0, "learnable prompts\n[P, r]\n→ queries", TRAINED)
-    xattn1 = c.box(7.5, 4.0, 2.5, 1.2, "cross-attention 1\nprompts read the tokens\n→ dynamic prompts\n[B, P, r]",
+    prompts = c.box(2.6, 4.4, 2.05, 1.0, "learnable prompts\n[P, r]\n→ queries", TRAINED)
+    xattn1 = c.box(7.35, 4.0, 2.8, 1.2, "cross-attention 1\nprompts read the tokens\n→ dynamic prompts\n[B, P, r]",
                    TRAINED)
-    xattn2 = c.box(7.5, 2.2, 2.5, 1.2, "cross-attention 2\ntokens read the prompts\n→ [B, N, r]", TRAINED)
-    up = c.box(10.45, 2.2, 1.0, 1.0, "up\nr → D", TRAINED)
+    xattn2 = c.box(7.35, 2.2, 2.8, 1.2, "cross-attention 2\ntokens read the prompts\n→ [B, N, r]", TRAINED)
+    up = c.box(10.5, 2.2, 1.0, 1.0, "up\nr → D", TRAINED)
     gate = c.box(11.85, 2.2, 1.0, 1.0, "× gate\n(0 at\nstart)", TRAINED)
-    mlp = c.box(7.5, 0.2, 2.5, 1.0, "the block's MLP (frozen)\n[B, N, D]", FROZEN)
+    mlp = c.box(7.35, 0.2, 2.8, 1.0, "the block's MLP (frozen)\n[B, N, D]", FROZEN)
     plus = c.box(11.95, 0.35, 0.8, 0.7, "+", OUTPUT, size=12)
     c.arrow(c.right(x_in), c.left(down))
     c.arrow(c.right(down), c.left(kv))
@@ -120,7 +121,7 @@ def dvpt_module() -> Any:
 def vit_block_methods() -> Any:
     """One pre-norm ViT block and where each method of the book trains or inserts parameters."""
     c = _Canvas(13.0, 7.4, title="A ViT block and where each method adds or trains parameters")
-    x0, w = 4.2, 3.0
+    x0, w = 4.1, 3.3
     tokens = c.box(x0, 0.2, w, 0.8, "tokens [B, 1 + N, D]\n(class token + patches)", DATA)
     ln1 = c.box(x0, 1.4, w, 0.6, "LayerNorm", FROZEN)
     attn = c.box(x0, 2.4, w, 0.9, "multi-head self-attention\nqkv: D → 3D,  proj: D → D", FROZEN)
@@ -163,9 +164,9 @@ def sd_pipeline() -> Any:
     fine-tuning method trains."""
     c = _Canvas(13.2, 6.6, title="Latent diffusion: one training step (top) and sampling (bottom)")
     img = c.box(0.2, 4.6, 1.6, 0.9, "image\n[B, 3, S, S]", DATA)
-    enc = c.box(2.3, 4.6, 1.7, 0.9, "VAE encoder\n(÷8 in SD, ÷4 pocket)", FROZEN)
+    enc = c.box(2.2, 4.6, 1.9, 0.9, "VAE encoder\n÷8 (pocket: ÷4)", FROZEN)
     z0 = c.box(4.5, 4.6, 1.6, 0.9, "z₀ · scale\n[B, 4, S/8, S/8]", DATA)
-    noisy = c.box(6.45, 4.6, 2.35, 0.9, "z_t = √ᾱ_t z₀ + √(1-ᾱ_t) ε\nε ~ N(0, I), t ~ U", DATA, size=7.5)
+    noisy = c.box(6.4, 4.6, 2.5, 0.9, "z_t = √ᾱ_t z₀ + √(1-ᾱ_t) ε\nε ~ N(0, I), t ~ U", DATA, size=7.5)
     unet = c.box(9.1, 4.2, 1.9, 1.7, "UNet\nResNet blocks +\ncross-attention\n(LoRA, DoRA, BitFit,\nDiffFit, full)",
                  TRAINED, size=7.8)
     loss = c.box(11.5, 4.6, 1.5, 0.9, "loss\n‖ε̂ − ε‖²", OUTPUT)
@@ -180,7 +181,7 @@ def sd_pipeline() -> Any:
     loop = c.box(2.3, 0.4, 3.6, 1.5, "for t = T … 1 (DDIM, 25-50 steps):\nUNet: ε̂ = ε̂(∅) + w (ε̂(text) − ε̂(∅))\n"
                  "(classifier-free guidance, w = 7.5)\nz_t → z_{t−1}", FROZEN, size=7.8)
     zz = c.box(6.4, 0.7, 1.4, 0.9, "z₀", DATA)
-    dec = c.box(8.3, 0.7, 1.8, 0.9, "VAE decoder\n(× 8)", FROZEN)
+    dec = c.box(8.3, 0.7, 1.8, 0.9, "VAE decoder\n×8 (pocket: ×4)", FROZEN)
     out = c.box(10.6, 0.7, 2.0, 0.9, "generated image\n[B, 3, S, S]", OUTPUT)
     for a, b in ((zt, loop), (loop, zz), (zz, dec), (dec, out)):
         c.arrow(c.right(a), c.left(b))
