@@ -274,6 +274,9 @@ def test_comparison_grid_wraps_many_columns_into_wide_blocks():
     assert grid[1, 0].get_ylabel() == "grade 2" and grid[4, 0].get_ylabel() == "grade 2"
     assert grid[3, 6].axison is False and grid[0, 6].images                # the last block has six columns
     assert fig.get_figwidth() > fig.get_figheight()
+    within = grid[1, 0].get_position().y0 - grid[2, 0].get_position().y1      # between rows of a block
+    between = grid[2, 0].get_position().y0 - grid[3, 0].get_position().y1     # between the blocks
+    assert between > within + 0.02                                            # the blocks read as separate
     plt.close(fig)
     with pytest.raises(ValueError, match="'method 1' has 2 images for 3 row labels"):
         viz.comparison_grid({"method 0": [img] * 3, "method 1": [img] * 2}, ["a", "b", "c"])

@@ -88,8 +88,13 @@ def comparison_grid(columns: Mapping[str, Sequence[np.ndarray]], row_labels: Seq
                              f"({list(row_labels)}): give each column one image per row")
     n_rows, ncols = len(row_labels), min(max_cols, len(names))
     blocks = (len(names) + ncols - 1) // ncols
-    fig, axes = plt.subplots(blocks * n_rows, ncols, squeeze=False,
-                             figsize=(size * ncols + 0.5, blocks * (size * n_rows + 0.5)))
+    gap = 0.35                                                   # a spacer row between blocks, in images' heights
+    ratios = ([1.0] * n_rows + [gap]) * (blocks - 1) + [1.0] * n_rows
+    fig, all_axes = plt.subplots(len(ratios), ncols, squeeze=False, height_ratios=ratios,
+                                 figsize=(size * ncols + 0.5, blocks * (size * n_rows + 0.5) + (blocks - 1) * gap * size))
+    for spacer in all_axes[n_rows::n_rows + 1].flat:
+        fig.delaxes(spacer)
+    axes = np.delete(all_axes, np.s_[n_rows::n_rows + 1], axis=0)   # [blocks * n_rows, ncols]
     for b in range(blocks):
         for j in range(ncols):
             k = b * ncols + j
