@@ -73,3 +73,14 @@ def test_a_changed_split_never_resumes_an_old_model(smoke_setup, capsys):
     other = experiment.run_method("linear", bb, moved, "smoke", "a", "cpu", record=False, progress=False,
                                   train_config=experiment.default_train_config("smoke", "linear", epochs=1))
     assert other["checkpoint"] != first["checkpoint"] and "reusing" not in capsys.readouterr().err
+
+
+def test_predictions_on_test_reproduce_each_runs_recorded_kappa(smoke_setup):
+    experiment, bb, data = smoke_setup
+    rows = experiment.run_seeds("linear", bb, data, "smoke", "test", "cpu", [0, 1], epochs=1, record=False)
+    preds, labels = experiment.predictions_on_test(rows, bb, data, "cpu")
+    assert preds.shape == (2, len(data.test)) and labels.shape == (len(data.test),)
+    assert labels.tolist() == [int(data.test[i][1]) for i in range(len(data.test))]
+    wrong = dict(rows[0], test_kappa=rows[0]["test_kappa"] + 0.1)          # a row that another checkpoint scored
+    with pytest.raises(RuntimeError, match="checkpoint scores test Kappa .* the run recorded"):
+        experiment.predictions_on_test([wrong], bb, data, "cpu")

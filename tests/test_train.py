@@ -11,7 +11,8 @@ from sklearn.metrics import cohen_kappa_score
 from nbsupport.vit import methods
 from nbsupport.vit.backbones import create_vit
 from nbsupport.data.datasets import build_dataset
-from nbsupport.vit.metrics import classification_metrics, quadratic_weighted_kappa
+from nbsupport.vit.metrics import (classification_metrics, paired_bootstrap_kappa, quadratic_weighted_kappa,
+                                  quadratic_weighted_kappa_rows)
 from nbsupport.vit.train import TrainConfig, train_classifier
 
 
@@ -27,6 +28,37 @@ def test_kappa_edge_cases():
     assert quadratic_weighted_kappa([0, 1, 2, 3, 4], [0, 1, 2, 3, 4]) == pytest.approx(1.0)
     assert quadratic_weighted_kappa([0, 4], [4, 0], 5) < 0
     assert quadratic_weighted_kappa([2, 2], [2, 2], 5) == 0.0
+
+
+def test_kappa_rows_match_sklearn_row_by_row():
+    rng = np.random.default_rng(0)
+    t = rng.integers(0, 5, (40, 30))
+    p = np.clip(t + rng.integers(-2, 3, t.shape), 0, 4)
+    p[3] = 2                                                     # one rater uses a single grade: Kappa 0
+    t[7] = p[7] = 1                                              # both: undefined, 0 by convention
+    got = quadratic_weighted_kappa_rows(t, p, 5)
+    want = [quadratic_weighted_kappa(a, b, 5) for a, b in zip(t, p)]
+    assert got == pytest.approx(want, abs=1e-12)
+    assert got[0] == pytest.approx(cohen_kappa_score(t[0], p[0], weights="quadratic"), abs=1e-12)
+
+
+def test_paired_bootstrap_resamples_the_test_set_once_for_every_method():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 5, 300)
+    good = np.stack([np.where(rng.random(300) < 0.8, y, rng.integers(0, 5, 300)) for _ in range(3)])   # [S, N]
+    noisy = np.stack([np.where(rng.random(300) < 0.5, y, rng.integers(0, 5, 300)) for _ in range(3)])
+    out = paired_bootstrap_kappa(y, {"good": good, "same": good, "noisy": noisy, "one seed": good[0]}, 5,
+                                 n_resamples=500, seed=0)
+    assert {k: v.shape for k, v in out.items()} == {k: (500,) for k in out}
+    assert np.array_equal(out["good"], out["same"])             # paired: identical predictions, zero gap
+    full = np.mean([quadratic_weighted_kappa(y, s, 5) for s in good])
+    assert abs(np.median(out["good"]) - full) < 0.02 and out["good"].std() > 0.005   # centred, and it does vary
+    lo, hi = np.percentile(out["good"] - out["noisy"], [2.5, 97.5])
+    assert lo > 0                                               # a large gap stays clear of 0
+    again = paired_bootstrap_kappa(y, {"good": good}, 5, n_resamples=500, seed=0)
+    assert np.array_equal(again["good"], out["good"])           # seeded
+    with pytest.raises(ValueError, match=r"predictions\['short'\] has 299 images per seed, the labels 300"):
+        paired_bootstrap_kappa(y, {"short": good[:, :299]}, 5)
 
 
 def test_classification_metrics_perfect():

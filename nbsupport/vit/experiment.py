@@ -23,11 +23,12 @@ from nbsupport.data.fingerprint import fingerprint, item_keys
 from nbsupport.data.manifests import load_manifest
 from nbsupport.core.paths import cache_dir
 from nbsupport.core.profiles import Profile, get_profile
-from nbsupport.vit.train import TrainConfig, steps_per_epoch, train_classifier
+from nbsupport.vit.metrics import quadratic_weighted_kappa
+from nbsupport.vit.train import TrainConfig, predict, steps_per_epoch, train_classifier
 
 __all__ = ["ClassificationData", "Backbone", "make_backbone", "load_classification_data", "load_segmentation_data",
            "build_model", "label_subset",
-           "run_method", "run_seeds", "summarise", "versus", "default_train_config"]
+           "run_method", "run_seeds", "summarise", "versus", "default_train_config", "predictions_on_test"]
 
 
 @dataclass
@@ -456,3 +457,31 @@ def load_model_from_run(row: dict[str, Any], backbone: Backbone, method: str, co
     else:
         model = methods.adapt(backbone.factory(seed), method, **(config or {}))
     return methods.load_trainable(model, row["checkpoint"])
+
+
+def predictions_on_test(rows: Sequence[dict[str, Any]], backbone: Backbone, data: ClassificationData,
+                     device: torch.device | str) -> tuple[np.ndarray, np.ndarray]:
+    """The predicted grades of each run's best-on-validation checkpoint on ``data.test``:
+    ``[S, N_test]`` (one row per run, in order) and the labels ``[N_test]``, e.g. for
+    :func:`nbsupport.vit.metrics.paired_bootstrap_kappa`.
+
+    Each run's Kappa from these predictions must equal the ``test_kappa`` its row recorded: a
+    different value means the checkpoint or the test split is not the one the row was scored on.
+    """
+    if not rows:
+        raise ValueError("predictions_on_test needs at least one run row (from run_seeds or run_method)")
+    device = torch.device(device)
+    preds, labels = [], None
+    for row in rows:
+        model = load_model_from_run(row, backbone, row["method"]).to(device).eval()
+        probs, labels = predict(model, data.test, device)                      # [N, K], [N]
+        grades = probs.argmax(1)
+        kappa = quadratic_weighted_kappa(labels, grades, data.num_classes)
+        if abs(kappa - row["test_kappa"]) > 1e-6:
+            raise RuntimeError(f"{row.get('record', row['checkpoint'])}: its checkpoint scores test Kappa {kappa:.4f} "
+                               f"now, the run recorded {row['test_kappa']:.4f}; the checkpoint or the test split "
+                               "changed since. Re-run the method (delete the checkpoint to retrain it).")
+        preds.append(grades)
+        del model
+    return np.stack(preds), np.asarray(labels)
+

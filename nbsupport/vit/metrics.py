@@ -6,11 +6,12 @@ scikit-learn; AUC and F1 are scikit-learn's.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["quadratic_weighted_kappa", "classification_metrics", "multilabel_metrics", "selection_metric"]
+__all__ = ["quadratic_weighted_kappa", "quadratic_weighted_kappa_rows", "paired_bootstrap_kappa",
+           "classification_metrics", "multilabel_metrics", "selection_metric"]
 
 
 def quadratic_weighted_kappa(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int | None = None) -> float:
@@ -30,6 +31,49 @@ def quadratic_weighted_kappa(y_true: Sequence[int], y_pred: Sequence[int], num_c
     expected = np.outer(observed.sum(1), observed.sum(0)) / max(observed.sum(), 1.0)
     denom = (weights * expected).sum()
     return float(1.0 - (weights * observed).sum() / denom) if denom > 0 else 0.0
+
+
+def quadratic_weighted_kappa_rows(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """:func:`quadratic_weighted_kappa` of each row at once: ``y_true``, ``y_pred`` ``[R, N]`` -> ``[R]``."""
+    t = np.asarray(y_true, dtype=np.int64)
+    p = np.asarray(y_pred, dtype=np.int64)
+    r, k = t.shape[0], num_classes
+    flat = (np.arange(r)[:, None] * k + t) * k + p                                  # [R, N] cell of each pair
+    observed = np.bincount(flat.ravel(), minlength=r * k * k).reshape(r, k, k).astype(np.float64)
+    i, j = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
+    weights = (i - j) ** 2 / max(k - 1, 1) ** 2                                      # [K, K]
+    n = np.maximum(observed.sum((1, 2)), 1.0)                                        # [R]
+    expected = observed.sum(2)[:, :, None] * observed.sum(1)[:, None, :] / n[:, None, None]
+    denom = (weights * expected).sum((1, 2))
+    num = (weights * observed).sum((1, 2))
+    return np.where(denom > 0, 1.0 - num / np.where(denom > 0, denom, 1.0), 0.0)
+
+
+def paired_bootstrap_kappa(y_true: Sequence[int], predictions: Mapping[str, np.ndarray], num_classes: int,
+                           n_resamples: int = 2000, seed: int = 0) -> dict[str, np.ndarray]:
+    """How much the test set's own sampling moves each method's Kappa: ``n_resamples`` resamples of
+    the test images (with replacement), the *same* resamples for every method (paired, so a
+    difference between two methods keeps only the noise that differs between them).
+
+    Args:
+        y_true: ``[N]`` test labels.
+        predictions: method -> ``[S, N]`` predicted grades of its ``S`` seeds (``[N]``: one seed).
+        num_classes: ``K``.
+
+    Returns:
+        method -> ``[n_resamples]`` mean-over-seeds Kappa on each resample. The 2.5th and 97.5th
+        percentiles of ``out[a] - out[b]`` are a 95% interval for the gap on a new test set of this size.
+    """
+    y = np.asarray(y_true, dtype=np.int64)
+    idx = np.random.default_rng(seed).integers(0, len(y), size=(n_resamples, len(y)))   # [R, N]
+    out = {}
+    for name, pred in predictions.items():
+        p = np.atleast_2d(np.asarray(pred, dtype=np.int64))                            # [S, N]
+        if p.shape[1] != len(y):
+            raise ValueError(f"predictions[{name!r}] has {p.shape[1]} images per seed, the labels {len(y)}: "
+                             "give every method's predictions on the same test split, in its order")
+        out[name] = np.mean([quadratic_weighted_kappa_rows(y[idx], s[idx], num_classes) for s in p], axis=0)
+    return out
 
 
 def classification_metrics(y_true: Sequence[int], probs: np.ndarray, num_classes: int) -> dict[str, float]:
