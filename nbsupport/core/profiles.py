@@ -55,6 +55,8 @@ class Profile:
         sd_guidance: classifier-free guidance scale when sampling.
         sd_n_generate: images generated per method and set for chapters 07 and 08 (None: two per
             test caption).
+        sd_seed_check: the methods chapter 06 trains once more, with the next seed, to measure how
+            far a seed moves a result (each is another full run: none at the GPU profiles).
         num_workers: DataLoader workers.
         mixed_precision: whether autocast is used on a CUDA device.
         seeds: training seeds of every method comparison (mean +- std over them).
@@ -92,6 +94,7 @@ class Profile:
     sd_checkpointing: bool = True
     sd_guidance: float = 7.5
     sd_n_generate: int | None = None
+    sd_seed_check: tuple[str, ...] = ()
     seeds: tuple[int, ...] = (0, 1, 2)
     lr_factors: tuple[float, ...] = (1.0,)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -129,6 +132,7 @@ PROFILES: dict[str, Profile] = {
         sd_checkpointing=False,
         sd_max_train=40,
         sd_n_generate=8,
+        sd_seed_check=("unet", "lora"),
         seeds=(0, 1),
     ),
     "cpu": Profile(
@@ -161,6 +165,7 @@ PROFILES: dict[str, Profile] = {
         sd_checkpointing=False,   # 25% faster steps on a CPU (measured: 0.31 -> 0.23 s for the UNet at batch 16)
         sd_guidance=7.5,    # chosen on the source domain by the pretraining record's rule (nbsupport.sd.pretrain.guidance_sweep)
         sd_n_generate=200,
+        sd_seed_check=("unet", "lora"),
         lr_factors=(1.0, 3.0, 10.0),   # 114 steps, not the papers' 100 epochs: each method's rate from a validation grid
         seg_epochs=4,       # the budget rule: chapter 9 (segmentation) within 15 minutes on 2 CPU cores (6 epochs took 20.1)
     ),

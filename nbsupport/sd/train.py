@@ -473,5 +473,5 @@ def run_sd_method(components: SDComponents, method: str, train_set: Dataset, tes
         params={"config": asdict(cfg), "notices": res.notices, "cached": res.cached, "checkpoint_key": key,
                 "data": {"split_rule": manifest.split_rule() if manifest is not None else None,
                          "fingerprints": {"train": fingerprint(train_set), "test": fingerprint(test_set)}}},
-        timer=timer, device=device, name=f"{chapter}-{method}-{dataset}")
+        timer=timer, device=device, name=f"{chapter}-{method}-{dataset}" + (f"-s{cfg.seed}" if cfg.seed else ""))
     return {"result": res, "test_loss_before": before, "test_loss_after": after, "record": str(path), "key": key}
