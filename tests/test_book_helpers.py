@@ -308,13 +308,14 @@ def test_image_grid_leaves_room_for_titles():
 
     matplotlib.use("Agg")
     imgs = [np.zeros((64, 64, 3), dtype=np.uint8)] * 8           # chapter 9's masks figure
-    fig = viz.image_grid(imgs, [f"image {i}" for i in range(8)], ncols=4, size=2.2, suptitle="a / legend / line")
-    fig.canvas.draw()
-    r = fig.canvas.get_renderer()
-    title = fig.axes[4].title.get_window_extent(r)              # second row's first title
-    above = fig.axes[0].get_window_extent(r)                    # the image above it
-    assert title.y1 <= above.y0 + 1
-    plt.close(fig)
+    for titles in ([f"image {i}" for i in range(8)], [f"method {i}\nasked 2, judged 3 (0.71)" for i in range(8)]):
+        fig = viz.image_grid(imgs, titles, ncols=4, size=2.2, suptitle="a / legend / line")
+        fig.canvas.draw()
+        r = fig.canvas.get_renderer()
+        title = fig.axes[4].title.get_window_extent(r)          # second row's first title
+        above = fig.axes[0].get_window_extent(r)                # the image above it
+        assert title.y1 <= above.y0 + 1, titles[0]
+        plt.close(fig)
 
 
 def test_a_page_shows_the_parameters_it_ran_with_once(tmp_path):

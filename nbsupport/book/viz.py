@@ -55,7 +55,8 @@ def image_grid(images: Sequence[np.ndarray], titles: Sequence[str] | None = None
     n = len(images)
     ncols = min(ncols, n)
     nrows = (n + ncols - 1) // ncols
-    title_room = 0.3 * nrows if titles is not None else 0.0      # or each row's titles overlap the row above
+    lines = max((str(t).count("\n") + 1 for t in titles), default=1) if titles is not None else 0
+    title_room = 0.3 * lines * nrows                             # or each row's titles overlap the row above
     fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + title_room + (0.4 if suptitle else 0)),
                              squeeze=False)
     for i, ax in enumerate(axes.flat):
