@@ -81,6 +81,8 @@ def test_predictions_on_test_reproduce_each_runs_recorded_kappa(smoke_setup):
     preds, labels = experiment.predictions_on_test(rows, bb, data, "cpu")
     assert preds.shape == (2, len(data.test)) and labels.shape == (len(data.test),)
     assert labels.tolist() == [int(data.test[i][1]) for i in range(len(data.test))]
+    from nbsupport.vit.metrics import quadratic_weighted_kappa
+    assert [quadratic_weighted_kappa(labels, p, data.num_classes) for p in preds] == [r["test_kappa"] for r in rows]
     wrong = dict(rows[0], test_kappa=rows[0]["test_kappa"] + 0.1)          # a row that another checkpoint scored
     with pytest.raises(RuntimeError, match="checkpoint scores test Kappa .* the run recorded"):
         experiment.predictions_on_test([wrong], bb, data, "cpu")
