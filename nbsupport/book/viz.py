@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["LESION_COLOURS", "comparison_grid", "image_grid", "method_colours", "overlay_masks", "profile_banner", "to_uint8"]
+__all__ = ["LESION_COLOURS", "comparison_grid", "heat_colourbar", "image_grid", "method_colours", "overlay_masks", "profile_banner", "to_uint8"]
 
 LESION_COLOURS: dict[str, tuple[int, int, int]] = {
     "microaneurysms": (255, 0, 255),
