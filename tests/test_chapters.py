@@ -46,6 +46,19 @@ def test_chapter_is_clean_and_parameterised(nb_path):
         f"{nb_path.name}: install cell URL differs from repository.url in _config.yml"
 
 
+CODE_COLUMNS = 90     # what a 1280 px window shows of a code cell at the site's font size
+
+
+@pytest.mark.parametrize("nb_path", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_code_fits_the_page_width(nb_path):
+    """No code line wider than the website's code column: a wrapped line loses its indent."""
+    nb = nbformat.read(nb_path, as_version=4)
+    wide = [f"cell {c.get('id')}: {line.strip()[:50]}... ({len(line)} columns)"
+            for c in nb.cells if c.cell_type == "code"
+            for line in c.source.splitlines() if len(line) > CODE_COLUMNS]
+    assert not wide, f"{nb_path.name}: lines over {CODE_COLUMNS} columns:\n" + "\n".join(wide)
+
+
 @pytest.mark.parametrize("nb_path", CHAPTERS, ids=lambda p: p.stem)
 def test_chapter_setup_is_one_line_of_machinery(nb_path):
     """The setup cell is at most three imports plus ``ch = book.start(...)``; no chapter reaches into
