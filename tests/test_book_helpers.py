@@ -301,6 +301,28 @@ def test_heat_colourbar_matches_the_overlay_scale():
     plt.close(fig)
 
 
+def test_heatmap_overlay_on_a_fixed_scale_keeps_a_flat_map_flat():
+    from nbsupport.book import viz
+
+    image = np.zeros((16, 16, 3), dtype=np.uint8)
+    flat = np.full((4, 4), 1 / 16) + np.random.default_rng(0).normal(0, 1e-4, (4, 4))  # 1.00x peak
+    own = viz.heatmap_overlay(image, flat, alpha=1.0)                # its own min..max: a bright spot
+    fixed = viz.heatmap_overlay(image, flat, alpha=1.0, vmin=0, vmax=3 / 16)
+    spread = lambda img: np.ptp(img.reshape(-1, 3).astype(int), axis=0).max()   # across pixels
+    assert spread(own) > 100                                          # noise stretched to full range
+    assert spread(fixed) <= 3                                         # one even colour
+    peaked = np.full((4, 4), 1 / 32); peaked[0, 0] = 1 / 2             # 8x its share: clipped to the top
+    top = viz.heatmap_overlay(image, peaked, alpha=1.0, vmin=0, vmax=3 / 16)
+    assert np.array_equal(top[0, 0], viz.heatmap_overlay(image, np.eye(2), alpha=1.0)[0, 0])
+    import matplotlib.pyplot as plt
+
+    matplotlib.use("Agg")
+    fig = viz.comparison_grid({"a": [fixed]}, ["row"])
+    bar = viz.heat_colourbar(fig, "attention", ticks={0: "0", 1 / 3: "flat", 1: "3x or more"})
+    assert [t.get_text() for t in bar.ax.get_yticklabels()] == ["0", "flat", "3x or more"]
+    plt.close(fig)
+
+
 def test_image_grid_leaves_room_for_titles():
     import matplotlib.pyplot as plt
 

@@ -115,13 +115,18 @@ def comparison_grid(columns: Mapping[str, Sequence[np.ndarray]], row_labels: Seq
     return fig
 
 
-def heat_colourbar(fig, label: str, cmap: str = "inferno"):  # type: ignore[no-untyped-def]
-    """A colour bar on the right of ``fig`` for maps drawn by :func:`heatmap_overlay` (each scaled
-    from its own minimum, 0, to its own maximum, 1, so the bar reads "low" to "high")."""
+def heat_colourbar(fig, label: str, cmap: str = "inferno",  # type: ignore[no-untyped-def]
+                   ticks: dict[float, str] | None = None):
+    """A colour bar on the right of ``fig`` for maps drawn by :func:`heatmap_overlay`.
+
+    The bar runs from 0 to 1, the overlay's scaled range: by default each map's own minimum and
+    maximum ("low" to "high"); with a fixed ``vmin``/``vmax``, pass ``ticks`` to name positions on
+    that scale, e.g. ``{0: "0", 1/3: "flat (1/N)", 1: "3/N or more"}``."""
     from matplotlib.cm import ScalarMappable
 
+    ticks = ticks or {0: "low", 1: "high"}
     bar = fig.colorbar(ScalarMappable(cmap=cmap), ax=fig.axes, shrink=0.8, fraction=0.03, pad=0.02)
-    bar.set_ticks([0, 1], labels=["low", "high"])
+    bar.set_ticks(list(ticks), labels=list(ticks.values()))
     bar.set_label(label, fontsize=8)
     bar.ax.tick_params(labelsize=8)
     return bar
@@ -155,13 +160,20 @@ def profile_banner(profile: str, random_weights: bool, provenance: str = "") -> 
         display(Markdown(f"> {line}Executed with profile `{profile}`; see the run record for weights and device."))
 
 
-def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, cmap: str = "inferno") -> np.ndarray:
-    """Overlay a low-resolution heat map ``[h, w]`` (any range) on ``image`` ``[H, W, 3]`` uint8."""
+def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, cmap: str = "inferno",
+                    vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
+    """Overlay a low-resolution heat map ``[h, w]`` (any range) on ``image`` ``[H, W, 3]`` uint8.
+
+    The colours span ``vmin`` to ``vmax`` (values outside are clipped); by default the map's own
+    minimum and maximum, which makes even a nearly flat map show a bright spot. Give every panel of a
+    figure the same ``vmin``/``vmax`` to compare how peaked the maps are."""
     import matplotlib
     from PIL import Image
 
     h = np.asarray(heat, dtype=np.float32)
-    h = (h - h.min()) / (h.max() - h.min() + 1e-8)
+    lo = float(h.min()) if vmin is None else vmin
+    hi = float(h.max()) if vmax is None else vmax
+    h = np.clip((h - lo) / (hi - lo + 1e-8), 0.0, 1.0)
     big = np.asarray(Image.fromarray((h * 255).astype(np.uint8)).resize(image.shape[1::-1], Image.BILINEAR),
                      dtype=np.float32) / 255.0
     colour = matplotlib.colormaps[cmap](big)[..., :3] * 255
