@@ -323,6 +323,17 @@ def test_heatmap_overlay_on_a_fixed_scale_keeps_a_flat_map_flat():
     plt.close(fig)
 
 
+def test_mask_colour_key_names_the_overlay_colours_in_order():
+    from nbsupport.book import viz
+
+    assert len(viz.MASK_COLOUR_NAMES) == len(viz.MASK_COLOURS)
+    image = np.zeros((4, 4, 3), dtype=np.uint8)
+    masks = np.zeros((2, 4, 4), dtype=bool); masks[0, 0, 0] = masks[1, 3, 3] = True
+    over = viz.mask_overlay(image, masks, alpha=1.0)
+    assert tuple(over[0, 0]) == viz.MASK_COLOURS[0] and tuple(over[3, 3]) == viz.MASK_COLOURS[1]
+    assert viz.mask_colour_key(["optic disc", "exudates"]) == "optic disc: cyan / exudates: yellow"
+
+
 def test_image_grid_leaves_room_for_titles():
     import matplotlib.pyplot as plt
 

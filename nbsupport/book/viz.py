@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["LESION_COLOURS", "comparison_grid", "heat_colourbar", "image_grid", "method_colours", "overlay_masks", "profile_banner", "to_uint8"]
+__all__ = ["LESION_COLOURS", "comparison_grid", "heat_colourbar", "image_grid", "mask_colour_key", "method_colours", "overlay_masks", "profile_banner", "to_uint8"]
 
 LESION_COLOURS: dict[str, tuple[int, int, int]] = {
     "microaneurysms": (255, 0, 255),
@@ -216,6 +216,13 @@ def vit_attention(model, x, layer: int = -1):  # type: ignore[no-untyped-def]
 
 MASK_COLOURS: tuple[tuple[int, int, int], ...] = ((0, 200, 255), (255, 230, 0), (255, 40, 40), (80, 255, 80),
                                                    (255, 0, 255), (255, 140, 0))
+MASK_COLOUR_NAMES: tuple[str, ...] = ("cyan", "yellow", "red", "green", "magenta", "orange")   # of MASK_COLOURS
+
+
+def mask_colour_key(kinds: Sequence[str]) -> str:
+    """The key to :func:`mask_overlay`'s default colours: ``"optic disc: cyan / exudates: yellow"``."""
+    names = [MASK_COLOUR_NAMES[k % len(MASK_COLOUR_NAMES)] for k in range(len(kinds))]
+    return " / ".join(f"{kind}: {name}" for kind, name in zip(kinds, names))
 
 
 def mask_overlay(image: np.ndarray, masks: np.ndarray, alpha: float = 0.55,

@@ -21,20 +21,15 @@ def quadratic_weighted_kappa(y_true: Sequence[int], y_pred: Sequence[int], num_c
     confusion matrix and ``E`` the outer product of its marginals scaled to the same total.
     Returns 0.0 when both raters use a single identical class (undefined, by convention).
     """
-    t = np.asarray(y_true, dtype=int)
-    p = np.asarray(y_pred, dtype=int)
+    t = np.asarray(y_true, dtype=np.int64)
+    p = np.asarray(y_pred, dtype=np.int64)
     k = num_classes or int(max(t.max(initial=0), p.max(initial=0)) + 1)
-    observed = np.zeros((k, k), dtype=np.float64)
-    np.add.at(observed, (t, p), 1.0)
-    i, j = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
-    weights = (i - j) ** 2 / max(k - 1, 1) ** 2
-    expected = np.outer(observed.sum(1), observed.sum(0)) / max(observed.sum(), 1.0)
-    denom = (weights * expected).sum()
-    return float(1.0 - (weights * observed).sum() / denom) if denom > 0 else 0.0
+    return float(quadratic_weighted_kappa_rows(t[None], p[None], k)[0])
 
 
 def quadratic_weighted_kappa_rows(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """:func:`quadratic_weighted_kappa` of each row at once: ``y_true``, ``y_pred`` ``[R, N]`` -> ``[R]``."""
+    """:func:`quadratic_weighted_kappa` of each row at once: ``y_true``, ``y_pred`` ``[R, N]`` -> ``[R]``
+    (one confusion matrix ``O`` per row, the same formula; 0.0 where a row's Kappa is undefined)."""
     t = np.asarray(y_true, dtype=np.int64)
     p = np.asarray(y_pred, dtype=np.int64)
     r, k = t.shape[0], num_classes
