@@ -46,6 +46,21 @@ def test_chapter_is_clean_and_parameterised(nb_path):
         f"{nb_path.name}: install cell URL differs from repository.url in _config.yml"
 
 
+@pytest.mark.parametrize("nb_path", CHAPTERS, ids=lambda p: p.stem)
+def test_papermill_sees_every_knob_of_the_parameters_cell(nb_path):
+    """``nbsupport run -p NAME`` accepts only the names papermill parses from the parameters cell;
+    a comment it cannot parse (one containing ``=`` after a multi-line default) hides a knob."""
+    import ast
+
+    import papermill as pm
+
+    nb = nbformat.read(nb_path, as_version=4)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assigned = [t.id for node in ast.parse(params.source).body if isinstance(node, ast.Assign)
+                for t in node.targets if isinstance(t, ast.Name)]
+    assert list(pm.inspect_notebook(str(nb_path))) == assigned, nb_path.name
+
+
 CODE_COLUMNS = 90     # what a 1280 px window shows of a code cell at the site's font size
 
 
