@@ -41,6 +41,15 @@ def test_percent_and_count():
     assert fmt.count(85802501.0) == "85,802,501" and fmt.count(None) == "–"
 
 
+def test_size_picks_a_readable_unit():
+    assert [fmt.size(b) for b in (900, 15_520, 1_195_376, 343_214_080, 6.4 * 2**30, None)] == \
+        ["900 B", "15.2 KB", "1.14 MB", "327 MB", "6.40 GB", "–"]
+    assert fmt.size(1023 * 1024) == "0.999 MB"          # not "1,023 KB"
+    shown = fmt.table(pd.DataFrame({"checkpoint_bytes": [15_520, 343_214_080]}),
+                      sizes=["checkpoint_bytes"]).data
+    assert list(shown.columns) == ["checkpoint"] and list(shown["checkpoint"]) == ["15.2 KB", "327 MB"]
+
+
 def test_table_formats_every_cell_and_labels_columns():
     df = pd.DataFrame({"test_kappa": [0.784, 0.71], "test_kappa_std": [0.0104, math.nan],
                        "trainable": [85_802_501, 3_845], "trainable_pct": [100.004, 0.0045], "lr": [1.5e-3, 3e-4],

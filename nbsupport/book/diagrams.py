@@ -17,7 +17,7 @@ from typing import Any
 __all__ = ["dvpt_module", "vit_block_methods", "sd_pipeline", "evaluation_protocol"]
 
 FROZEN, TRAINED, DATA, OUTPUT = "#e6e6e6", "#fdd9a8", "#cfe3f6", "#d9f0d3"
-FONT_SCALE = 1.15   # every font size below is multiplied by this: a page shows a 10 in figure at ~8 in
+FONT_SCALE = 1.3   # every font size below is multiplied by this: a page shows a 10 in figure at ~8 in
 
 
 class _Canvas:

@@ -15,14 +15,14 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
-__all__ = ["LABELS", "sig", "count", "percent", "mean_std", "metric_name", "table"]
+__all__ = ["LABELS", "sig", "count", "percent", "size", "mean_std", "metric_name", "table"]
 
 #: Display names of the run records' keys (a table's columns are renamed with these).
 LABELS: dict[str, str] = {
     "test_kappa": "Kappa (test)", "test_accuracy": "accuracy (test)", "test_auc": "AUC (test)",
     "test_f1": "macro F1 (test)", "val_kappa": "Kappa (val)", "kappa": "Kappa",
     "trainable": "trainable params", "trainable_pct": "trainable %", "added": "added params",
-    "checkpoint_MB": "checkpoint (MB)", "checkpoint_bytes": "checkpoint (bytes)", "step_ms": "step (ms)",
+    "checkpoint_bytes": "checkpoint", "step_ms": "step (ms)",
     "step_time_s": "step (s)", "peak_GiB": "peak memory (GiB)", "images_per_s": "images/s", "MFU_%": "MFU %",
     "lr": "learning rate", "learning_rates": "learning rates", "seeds": "seeds", "method": "method",
     "fid": "FID", "fid_std": "FID std", "kid": "KID", "kid_std": "KID std", "vendi": "Vendi", "alignment": "alignment",
@@ -88,6 +88,20 @@ def percent(x: Any, digits: int = 2, scale: float = 1.0, dash: str = "–") -> s
     return f"{sig(v, digits)} %"
 
 
+def size(nbytes: Any, digits: int = 3, dash: str = "–") -> str:
+    """A byte count in the unit that keeps it readable, 1 KB = 1,024 bytes as in the book's MB and
+    GiB: ``size(15_520) == "15.2 KB"``, ``size(1_195_376) == "1.14 MB"``, ``size(343_214_080) ==
+    "327 MB"``, ``size(900) == "900 B"``."""
+    if _missing(nbytes):
+        return dash
+    v = float(nbytes)
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(v) < 1000 or unit == "GB":      # 1,000-1,023 KB reads better as 0.98 MB
+            return f"{v:.0f} B" if unit == "B" else f"{sig(v, digits)} {unit}"
+        v /= 1024
+    raise AssertionError("unreachable")
+
+
 def _std_decimals(std: Any) -> int | None:
     """The decimals that show ``std`` with 2 significant digits, at most 3 once ``std >= 0.0005``
     (``0.344 ± 0.005``, not ``0.3441 ± 0.0051``); None: no std."""
@@ -124,7 +138,7 @@ mean_std = _mean_std
 
 def table(df: "Any", columns: Sequence[str] | None = None, mean_std: Iterable[str] = (),
           counts: Iterable[str] = (), percents: Mapping[str, float] | Iterable[str] = (),
-          sci: Iterable[str] = ("lr",), digits: int = 3, labels: Mapping[str, str] | None = None, caption: str | None = None) -> "Any":
+          sizes: Iterable[str] = (), sci: Iterable[str] = ("lr",), digits: int = 3, labels: Mapping[str, str] | None = None, caption: str | None = None) -> "Any":
     """A display copy of ``df`` (a pandas DataFrame or Series) with every cell, and a float index,
     formatted as text.
 
@@ -136,6 +150,7 @@ def table(df: "Any", columns: Sequence[str] | None = None, mean_std: Iterable[st
         counts: integer columns (thousands separators); ``seeds`` always is one.
         percents: columns shown as percentages; a mapping gives each one's scale (values already in
             percent: 1; fractions: 100). A plain list means already in percent.
+        sizes: byte counts, each shown in its own unit (:func:`size`: ``15.2 KB``, ``327 MB``).
         sci: columns in scientific notation with 2 significant digits (learning rates: ``1.5e-03``).
         digits: significant digits of every other number.
         labels: extra display names (beyond :data:`LABELS`).
@@ -148,7 +163,7 @@ def table(df: "Any", columns: Sequence[str] | None = None, mean_std: Iterable[st
 
     if isinstance(df, pd.Series):
         df = df.to_frame()
-    ms, cnt, sc = list(mean_std), set(counts) | {"seeds"}, set(sci)      # a seed count is always a count
+    ms, cnt, sc, sz = list(mean_std), set(counts) | {"seeds"}, set(sci), set(sizes)      # a seed count is always a count
     pct = dict(percents) if isinstance(percents, Mapping) else {c: 1.0 for c in percents}
     cols = list(columns) if columns is not None else [c for c in df.columns
                                                         if not (isinstance(c, str) and c.endswith("_std") and c[:-4] in ms)]
@@ -163,6 +178,8 @@ def table(df: "Any", columns: Sequence[str] | None = None, mean_std: Iterable[st
             std = df[f"{c}_std"] if f"{c}_std" in df.columns else pd.Series(float("nan"), index=df.index)
             d = _column_decimals(std)
             out[c] = [_mean_std(m, s, digits, d) for m, s in zip(col, std)]
+        elif c in sz:
+            out[c] = col.map(size)
         elif c in cnt or (pd.api.types.is_integer_dtype(col) and not pd.api.types.is_bool_dtype(col)):
             out[c] = col.map(count)                                   # integers stay integers: 12, not 12.0
         elif c in sc:

@@ -64,7 +64,7 @@ def image_grid(images: Sequence[np.ndarray], titles: Sequence[str] | None = None
         if i < n:
             ax.imshow(images[i])
             if titles is not None:
-                ax.set_title(titles[i], fontsize=9)
+                ax.set_title(titles[i], fontsize=10)
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()
@@ -108,9 +108,9 @@ def comparison_grid(columns: Mapping[str, Sequence[np.ndarray]], row_labels: Seq
                     continue
                 ax.imshow(columns[names[k]][r])
                 if r == 0:
-                    ax.set_title(textwrap.fill(names[k], wrap), fontsize=8)
+                    ax.set_title(textwrap.fill(names[k], wrap), fontsize=10)
                 if j == 0:
-                    ax.set_ylabel(row_labels[r], fontsize=8)
+                    ax.set_ylabel(row_labels[r], fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -127,8 +127,8 @@ def heat_colourbar(fig, label: str, cmap: str = "inferno",  # type: ignore[no-un
     ticks = ticks or {0: "low", 1: "high"}
     bar = fig.colorbar(ScalarMappable(cmap=cmap), ax=fig.axes, shrink=0.8, fraction=0.03, pad=0.02)
     bar.set_ticks(list(ticks), labels=list(ticks.values()))
-    bar.set_label(label, fontsize=8)
-    bar.ax.tick_params(labelsize=8)
+    bar.set_label(label, fontsize=9)
+    bar.ax.tick_params(labelsize=9)
     return bar
 
 

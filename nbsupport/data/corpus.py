@@ -29,7 +29,7 @@ from ..core.paths import cache_dir
 from . import fundus
 
 __all__ = ["PARSE_KINDS", "SOURCE_CAMERAS", "TARGET_CAMERA", "CORPUS_SEED0", "CorpusSpec",
-           "parse_targets", "build_corpus", "load_corpus", "corpus_labels"]
+           "parse_targets", "corpus_image", "build_corpus", "load_corpus", "corpus_labels"]
 
 PARSE_KINDS: tuple[str, ...] = (*fundus.LESION_KINDS, *fundus.LOOK_ALIKES, "optic_disc", "fovea")
 SOURCE_CAMERAS: tuple[str, ...] = ("default", "bright_warm", "clinic")
@@ -109,14 +109,20 @@ def corpus_labels(spec: CorpusSpec) -> tuple[np.ndarray, list[str], list[str]]:
     return grades, eyes, cameras
 
 
+def corpus_image(spec: CorpusSpec, index: int, grade: int, camera: str | None = None) -> fundus.FundusSample:
+    """Corpus image ``index`` (its grade from :func:`corpus_labels`), rendered alone; with ``camera``,
+    the same eye through another camera (e.g. the target camera, which the corpus never holds)."""
+    camera = camera or spec.cameras[index % len(spec.cameras)]
+    return fundus.generate_fundus(CORPUS_SEED0 + index, int(grade), spec.image_size, camera)
+
+
 def _shard(spec: CorpusSpec, index: int, path: Path) -> Path:
     start, stop = index * SHARD, min(spec.n, (index + 1) * SHARD)
     grades = _shard_grades(spec, index)
     images = np.zeros((stop - start, spec.image_size, spec.image_size, 3), dtype=np.uint8)
     targets = np.zeros((stop - start, len(PARSE_KINDS), spec.grid, spec.grid), dtype=np.uint8)
     for j, i in enumerate(range(start, stop)):
-        s = fundus.generate_fundus(CORPUS_SEED0 + i, int(grades[j]), spec.image_size,
-                                   spec.cameras[i % len(spec.cameras)])
+        s = corpus_image(spec, i, grades[j])
         images[j], targets[j] = s.image, parse_targets(s, spec.grid)
     tmp = path.with_name(path.stem + ".tmp.npz")
     np.savez(tmp, images=images, targets=targets)
