@@ -17,7 +17,7 @@ from typing import Any
 __all__ = ["dvpt_module", "vit_block_methods", "sd_pipeline", "evaluation_protocol"]
 
 FROZEN, TRAINED, DATA, OUTPUT = "#e6e6e6", "#fdd9a8", "#cfe3f6", "#d9f0d3"
-FONT_SCALE = 1.3   # every font size below is multiplied by this: a page shows a 10 in figure at ~8 in
+FONT_SCALE = 1.25   # every font size below is multiplied by this: a page shows a 10 in figure at ~8 in
 
 
 class _Canvas:
@@ -94,13 +94,13 @@ def dvpt_module() -> Any:
     x_in = c.box(0.2, 2.2, 1.9, 1.0, "frozen tokens\nLN(x)  [B, N, D]", DATA)
     down = c.box(2.7, 2.2, 1.8, 1.0, "bottleneck\nGELU(down(x))\nD → r", TRAINED)
     kv = c.box(5.1, 2.2, 1.9, 1.0, "H  [B, N, r]\n→ keys, values,\ntoken queries", TRAINED)
-    prompts = c.box(2.6, 4.4, 2.05, 1.0, "learnable prompts\n[P, r]\n→ queries", TRAINED)
-    xattn1 = c.box(7.35, 4.0, 2.8, 1.2, "cross-attention 1\nprompts read the tokens\n→ dynamic prompts\n[B, P, r]",
+    prompts = c.box(2.5, 4.4, 2.25, 1.0, "learnable prompts\n[P, r]\n→ queries", TRAINED)
+    xattn1 = c.box(7.3, 4.0, 3.0, 1.3, "cross-attention 1\nprompts read the tokens\n→ dynamic prompts\n[B, P, r]",
                    TRAINED)
-    xattn2 = c.box(7.35, 2.2, 2.8, 1.2, "cross-attention 2\ntokens read the prompts\n→ [B, N, r]", TRAINED)
-    up = c.box(10.5, 2.2, 1.0, 1.0, "up\nr → D", TRAINED)
+    xattn2 = c.box(7.3, 2.2, 3.0, 1.2, "cross-attention 2\ntokens read the prompts\n→ [B, N, r]", TRAINED)
+    up = c.box(10.6, 2.2, 1.0, 1.0, "up\nr → D", TRAINED)
     gate = c.box(11.85, 2.2, 1.0, 1.0, "× gate\n(0 at\nstart)", TRAINED)
-    mlp = c.box(7.35, 0.2, 2.8, 1.0, "the block's MLP (frozen)\n[B, N, D]", FROZEN)
+    mlp = c.box(7.3, 0.2, 3.0, 1.0, "the block's MLP (frozen)\n[B, N, D]", FROZEN)
     plus = c.box(11.95, 0.35, 0.8, 0.7, "+", OUTPUT, size=12)
     c.arrow(c.right(x_in), c.left(down))
     c.arrow(c.right(down), c.left(kv))
@@ -113,7 +113,7 @@ def dvpt_module() -> Any:
     c.arrow(c.bottom(gate), c.top(plus))
     c.arrow((x_in[0] + x_in[2] / 2, x_in[1]), (mlp[0], mlp[1] + mlp[3] / 2), rad=0.15)
     c.arrow(c.right(mlp), c.left(plus))
-    c.note(0.2, 0.4, "branch output = MLP(LN(x)) + gate · up(…):\nthe frozen block's, exactly, while gate = 0", size=8.5)
+    c.note(0.2, 0.05, "MLP(LN(x)) + gate · up(…) is the\nfrozen block's output while gate = 0", size=8.5)
     c.legend(0.2, 5.55, [(DATA, "data"), (FROZEN, "frozen"), (TRAINED, "trained"), (OUTPUT, "sum")])
     return c.done()
 
@@ -121,7 +121,7 @@ def dvpt_module() -> Any:
 def vit_block_methods() -> Any:
     """One pre-norm ViT block and where each method of the book trains or inserts parameters."""
     c = _Canvas(13.0, 7.4, title="A ViT block and where each method adds or trains parameters")
-    x0, w = 4.1, 3.3
+    x0, w = 4.0, 3.7
     tokens = c.box(x0, 0.2, w, 0.8, "tokens [B, 1 + N, D]\n(class token + patches)", DATA)
     ln1 = c.box(x0, 1.4, w, 0.6, "LayerNorm", FROZEN)
     attn = c.box(x0, 2.4, w, 0.9, "multi-head self-attention\nqkv: D → 3D,  proj: D → D", FROZEN)
@@ -164,14 +164,14 @@ def sd_pipeline() -> Any:
     fine-tuning method trains."""
     c = _Canvas(13.2, 6.6, title="Latent diffusion: one training step (top) and sampling (bottom)")
     img = c.box(0.2, 4.6, 1.6, 0.9, "image\n[B, 3, S, S]", DATA)
-    enc = c.box(2.2, 4.6, 1.9, 0.9, "VAE encoder\n÷8 (pocket: ÷4)", FROZEN)
-    z0 = c.box(4.5, 4.6, 1.6, 0.9, "z₀ · scale\n[B, 4, S/8, S/8]", DATA)
-    noisy = c.box(6.35, 4.6, 2.6, 0.9, "z_t = √ᾱ_t z₀ + √(1-ᾱ_t) ε\nε ~ N(0, I), t ~ U", DATA, size=7.5)
-    unet = c.box(9.1, 4.2, 1.9, 1.7, "UNet\nResNet blocks +\ncross-attention\n(LoRA, DoRA, BitFit,\nDiffFit, full)",
+    enc = c.box(2.15, 4.6, 2.0, 0.9, "VAE encoder\n÷8 (pocket: ÷4)", FROZEN)
+    z0 = c.box(4.45, 4.6, 1.75, 0.9, "z₀ · scale\n[B, 4, S/8, S/8]", DATA)
+    noisy = c.box(6.45, 4.5, 2.35, 1.1, "z_t = √ᾱ_t z₀\n+ √(1-ᾱ_t) ε\nε ~ N(0, I), t ~ U", DATA, size=7.5)
+    unet = c.box(9.05, 4.1, 2.1, 1.9, "UNet\nResNet blocks +\ncross-attention\n(LoRA, DoRA,\nBitFit, DiffFit,\nfull)",
                  TRAINED, size=7.8)
-    loss = c.box(11.5, 4.6, 1.5, 0.9, "loss\n‖ε̂ − ε‖²\n(pocket: v)", OUTPUT)
-    cap = c.box(4.5, 3.0, 2.1, 0.9, "caption → tokenizer\n→ ids [B, 77]", DATA, size=8)
-    text = c.box(6.9, 3.0, 1.9, 0.9, "CLIP text encoder\n→ [B, 77, 768]", FROZEN, size=8)
+    loss = c.box(11.55, 4.6, 1.5, 0.9, "loss\n‖ε̂ − ε‖²\n(pocket: v)", OUTPUT)
+    cap = c.box(4.1, 3.0, 2.3, 0.9, "caption → tokenizer\n→ ids [B, 77]", DATA, size=8)
+    text = c.box(6.7, 3.0, 2.1, 0.9, "CLIP text encoder\n→ [B, 77, 768]", FROZEN, size=8)
     for a, b in ((img, enc), (enc, z0), (z0, noisy), (noisy, unet), (unet, loss)):
         c.arrow(c.right(a), c.left(b))
     c.arrow(c.right(cap), c.left(text))
@@ -181,7 +181,7 @@ def sd_pipeline() -> Any:
     loop = c.box(2.3, 0.4, 3.6, 1.5, "for t = T … 1 (DDIM, 25-50 steps):\nUNet: ε̂ = ε̂(∅) + w (ε̂(text) − ε̂(∅))\n"
                  "(classifier-free guidance, w = 7.5)\nz_t → z_{t−1}", FROZEN, size=7.8)
     zz = c.box(6.4, 0.7, 1.4, 0.9, "z₀", DATA)
-    dec = c.box(8.3, 0.7, 1.8, 0.9, "VAE decoder\n×8 (pocket: ×4)", FROZEN)
+    dec = c.box(8.2, 0.7, 2.0, 0.9, "VAE decoder\n×8 (pocket: ×4)", FROZEN)
     out = c.box(10.6, 0.7, 2.0, 0.9, "generated image\n[B, 3, S, S]", OUTPUT)
     for a, b in ((zt, loop), (loop, zz), (zz, dec), (dec, out)):
         c.arrow(c.right(a), c.left(b))
@@ -199,11 +199,11 @@ def evaluation_protocol() -> Any:
     gen_train = c.box(0.2, 4.2, 2.4, 0.9, "real: the generator's\ntraining images", DATA)
     gen = c.box(3.3, 4.2, 2.2, 0.9, "fine-tuned\ngenerator", TRAINED)
     fake = c.box(6.2, 4.2, 2.3, 0.9, "generated images\n(prompts × seeds)", OUTPUT)
-    feat = c.box(6.2, 2.4, 2.3, 1.0, "feature extractor\n(pocket ViT / Inception)\none preprocessing path", FROZEN,
+    feat = c.box(6.0, 2.3, 2.7, 1.1, "feature extractor\n(pocket ViT / Inception)\none preprocessing path", FROZEN,
                  size=7.8)
-    fid = c.box(9.3, 2.9, 3.6, 1.0, "FID, KID vs real test\n(+ real-vs-real noise floor)\nVendi: diversity", OUTPUT, size=8)
+    fid = c.box(9.3, 2.8, 3.7, 1.1, "FID, KID vs real test\n(+ real-vs-real noise floor)\nVendi: diversity", OUTPUT, size=8)
     test = c.box(0.2, 1.4, 2.4, 0.9, "real: test images", DATA)
-    use = c.box(9.3, 0.7, 3.6, 1.5, "usefulness (chapter 8): a classifier\ntrained on scarce real,\nreal + synthetic, synthetic only\n"
+    use = c.box(9.3, 0.6, 3.7, 1.7, "usefulness (chapter 8):\na classifier trained on scarce real,\nreal + synthetic, synthetic only\n"
                 "→ scored on real test", OUTPUT, size=7.8)
     c.arrow(c.right(held), c.left(judge), "train")
     c.arrow(c.right(judge), c.left(align), "judges")
