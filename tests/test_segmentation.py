@@ -235,3 +235,26 @@ def test_a_changed_decoder_is_a_new_run_not_a_resumed_one(tmp_path):
     train_classifier(model(16), ds, ds, None, 4, cfg, checkpoint_dir=tmp_path / "ck", progress=False)
     with pytest.raises(CheckpointError, match="other shapes"):           # never a silent shape mismatch
         train_classifier(model(32), ds, ds, None, 4, cfg, checkpoint_dir=tmp_path / "ck", progress=False)
+
+
+def test_paired_bootstrap_dice_resamples_images_and_pools_their_pixels():
+    from nbsupport.vit.segmentation import image_counts, paired_bootstrap_dice, pooled_dice
+
+    rng = np.random.default_rng(1)
+    target = rng.random((40, 3, 8, 8)) < 0.3
+    good = target ^ (rng.random(target.shape) < 0.05)
+    bad = target ^ (rng.random(target.shape) < 0.4)
+    counts = {name: image_counts(p, target) for name, p in (("good", good), ("bad", bad))}
+    assert counts["good"].shape == (40, 3, 3)
+    assert pooled_dice(counts["good"].sum(0)) == pytest.approx(dice_iou(good, target)["dice"])   # one formula
+    out = paired_bootstrap_dice({**counts, "same": counts["good"], "two seeds": np.stack([counts["good"]] * 2)},
+                                n_resamples=300, seed=0)
+    assert np.array_equal(out["good"], out["same"]) and np.allclose(out["good"], out["two seeds"])  # paired
+    assert (out["good"] > out["bad"]).all()
+    # resample 0 by hand: draw the same images, pool their pixels, score them as one test set
+    idx = np.random.default_rng(0).integers(0, 40, size=(300, 40))[0]
+    assert out["bad"][0] == pytest.approx(dice_iou(bad[idx], target[idx])["dice"])
+    lo, hi = np.percentile(out["good"] - out["bad"], [2.5, 97.5])
+    assert 0 < lo < hi
+    with pytest.raises(ValueError, match="different numbers of test images"):
+        paired_bootstrap_dice({"a": counts["good"], "b": counts["bad"][:39]})

@@ -28,7 +28,8 @@ from nbsupport.vit.train import TrainConfig, predict, steps_per_epoch, train_cla
 
 __all__ = ["ClassificationData", "Backbone", "make_backbone", "load_classification_data", "load_segmentation_data",
            "build_model", "label_subset",
-           "run_method", "run_seeds", "summarise", "versus", "default_train_config", "predictions_on_test"]
+           "run_method", "run_seeds", "summarise", "versus", "default_train_config", "predictions_on_test",
+           "segmentation_counts_on_test"]
 
 
 @dataclass
@@ -457,6 +458,35 @@ def load_model_from_run(row: dict[str, Any], backbone: Backbone, method: str, co
     else:
         model = methods.adapt(backbone.factory(seed), method, **(config or {}))
     return methods.load_trainable(model, row["checkpoint"])
+
+
+def segmentation_counts_on_test(rows: Sequence[dict[str, Any]], backbone: Backbone, data: ClassificationData,
+                                device: torch.device | str, tolerance: float = 5e-3) -> np.ndarray:
+    """Each segmentation run's best-on-validation checkpoint on ``data.test``, image by image:
+    ``int64 [S, N_test, K, 3]`` true positives, false positives and false negatives per mask kind
+    (one row per run, in order), e.g. for :func:`nbsupport.vit.segmentation.paired_bootstrap_dice`.
+
+    Each run's Dice from these counts must match the ``test_dice`` its row recorded, within
+    ``tolerance`` (see :func:`predictions_on_test`).
+    """
+    from nbsupport.vit.segmentation import pooled_dice
+    from nbsupport.vit.train import segmentation_image_counts
+
+    if not rows:
+        raise ValueError("segmentation_counts_on_test needs at least one run row (from run_seeds or run_method)")
+    device = torch.device(device)
+    out = []
+    for row in rows:
+        model = load_model_from_run(row, backbone, row["method"], data=data).to(device)
+        counts = segmentation_image_counts(model, data.test, device)                  # [N, K, 3]
+        dice = float(pooled_dice(counts.sum(0)))
+        if abs(dice - row["test_dice"]) > tolerance:
+            raise RuntimeError(f"{row.get('record', row['checkpoint'])}: its checkpoint scores test Dice {dice:.4f} "
+                               f"now, the run recorded {row['test_dice']:.4f}; the checkpoint or the test split "
+                               "changed since. Re-run the method (delete the checkpoint to retrain it).")
+        out.append(counts)
+        del model
+    return np.stack(out)
 
 
 def predictions_on_test(rows: Sequence[dict[str, Any]], backbone: Backbone, data: ClassificationData,

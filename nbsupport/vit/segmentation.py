@@ -30,14 +30,15 @@ would change only the class token, which the decoder never reads, so it is refus
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PatchDecoder", "SegmentationModel", "segmentation_loss", "dice_iou", "SegmentationCounts"]
+__all__ = ["PatchDecoder", "SegmentationModel", "segmentation_loss", "dice_iou", "SegmentationCounts", "image_counts",
+           "pooled_dice", "paired_bootstrap_dice"]
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -132,6 +133,12 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1
     return 0.5 * bce + 0.5 * (1 - dice).mean()
 
 
+def _dice(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    """Dice from pixel counts (any matching shapes); 1 where there is nothing to find and nothing found."""
+    denom = 2 * tp + fp + fn
+    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 1.0)
+
+
 class SegmentationCounts:
     """Per-class true positives, false positives and false negatives, pooled over batches."""
 
@@ -153,9 +160,8 @@ class SegmentationCounts:
 
         A class with no pixel in either the prediction or the target scores 1 (nothing to find,
         nothing found)."""
-        denom_d = 2 * self.tp + self.fp + self.fn
+        dice = _dice(self.tp, self.fp, self.fn)
         denom_i = self.tp + self.fp + self.fn
-        dice = np.where(denom_d > 0, 2 * self.tp / np.maximum(denom_d, 1), 1.0)
         iou = np.where(denom_i > 0, self.tp / np.maximum(denom_i, 1), 1.0)
         names = list(names) if names is not None else [str(i) for i in range(len(dice))]
         return {"dice": float(dice.mean()), "iou": float(iou.mean()),
@@ -170,3 +176,51 @@ def dice_iou(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor,
     counts = SegmentationCounts(pred_t.shape[1])
     counts.update(pred_t, target_t)
     return counts.metrics(names)
+
+
+def image_counts(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Each image's true positives, false positives and false negatives per class: binary masks
+    ``[N, K, H, W]`` -> ``int64 [N, K, 3]``. Summed over images they are what :class:`SegmentationCounts`
+    pools, so a resample of the images is a resample of these rows (:func:`paired_bootstrap_dice`)."""
+    as_mask = lambda m: m.bool() if isinstance(m, torch.Tensor) else torch.as_tensor(np.asarray(m)).bool()
+    pred_t, target_t = as_mask(pred), as_mask(target)
+    dims = (2, 3)
+    return torch.stack([(pred_t & target_t).sum(dims), (pred_t & ~target_t).sum(dims),
+                        (~pred_t & target_t).sum(dims)], dim=-1).cpu().numpy().astype(np.int64)
+
+
+def pooled_dice(counts: np.ndarray) -> np.ndarray:
+    """Dice per class from pooled counts ``[..., K, 3]`` (TP, FP, FN), averaged over the classes:
+    ``[...]``. A class with no pixel in either the prediction or the target scores 1, as in
+    :meth:`SegmentationCounts.metrics`."""
+    return _dice(counts[..., 0], counts[..., 1], counts[..., 2]).mean(-1)
+
+
+def paired_bootstrap_dice(counts: Mapping[str, np.ndarray], n_resamples: int = 2000,
+                          seed: int = 0) -> dict[str, np.ndarray]:
+    """How much the test set's own sampling moves each method's Dice: ``n_resamples`` resamples of
+    the test images (with replacement), the *same* resamples for every method, each scored as the
+    chapters score a test set (pixels pooled over the images, Dice per class, mean over classes).
+
+    Args:
+        counts: method -> ``[S, N, K, 3]`` per-image counts of its ``S`` seeds (:func:`image_counts`;
+            ``[N, K, 3]``: one seed), every method on the same ``N`` test images in the same order.
+
+    Returns:
+        method -> ``[n_resamples]`` mean-over-seeds Dice on each resample; the 2.5th and 97.5th
+        percentiles of ``out[a] - out[b]`` are a 95% interval for the gap on a new test set of this size.
+    """
+    arrays = {name: np.asarray(c) if np.ndim(c) == 4 else np.asarray(c)[None] for name, c in counts.items()}
+    sizes = {name: a.shape[1] for name, a in arrays.items()}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"counts cover different numbers of test images {sizes}: give every method's "
+                         "counts on the same test split, in its order")
+    n = next(iter(sizes.values()), 0)
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))          # [R, N]
+    times = np.zeros((n_resamples, n))                      # how often each image is drawn: [R, N]
+    np.add.at(times, (np.arange(n_resamples)[:, None], idx), 1)
+    out = {}
+    for name, a in arrays.items():                           # a: [S, N, K, 3]
+        pooled = [(times @ s.reshape(n, -1)).reshape(n_resamples, *s.shape[1:]) for s in a]  # [R, K, 3]
+        out[name] = np.mean([pooled_dice(p) for p in pooled], axis=0)
+    return out

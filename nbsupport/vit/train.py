@@ -42,7 +42,7 @@ from nbsupport.vit.metrics import (
 )
 
 __all__ = ["TrainConfig", "TrainResult", "train_classifier", "evaluate", "predict", "amp_dtype", "task_of",
-           "evaluate_segmentation"]
+           "evaluate_segmentation", "segmentation_image_counts"]
 
 
 @dataclass
@@ -165,18 +165,30 @@ def task_of(dataset: Dataset) -> str:
 
 
 @torch.no_grad()
+def segmentation_image_counts(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 64,
+                              amp: bool = True) -> np.ndarray:
+    """Each image's true positives, false positives and false negatives per class at the 0.5
+    threshold: ``int64 [N, K, 3]``, in the dataset's order (:func:`nbsupport.vit.segmentation.image_counts`)."""
+    from nbsupport.vit.segmentation import image_counts
+
+    model.eval()
+    dtype = amp_dtype(device) if amp else None
+    out = []
+    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(x.to(device, non_blocking=True))
+        out.append(image_counts(logits.float() > 0, y.to(device) > 0.5))
+    return np.concatenate(out)
+
+
 def evaluate_segmentation(model: nn.Module, dataset: Dataset, device: torch.device, num_classes: int,
                           batch_size: int = 64, amp: bool = True, names: list[str] | None = None) -> dict[str, Any]:
     """Dice and IoU per class (pixels pooled over the dataset) and their means; 0.5 threshold."""
     from nbsupport.vit.segmentation import SegmentationCounts
 
-    model.eval()
-    dtype = amp_dtype(device) if amp else None
     counts = SegmentationCounts(num_classes)
-    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = model(x.to(device, non_blocking=True))
-        counts.update(logits.float() > 0, y.to(device) > 0.5)
+    pooled = segmentation_image_counts(model, dataset, device, batch_size, amp).sum(0)     # [K, 3]
+    counts.tp, counts.fp, counts.fn = pooled[:, 0], pooled[:, 1], pooled[:, 2]
     return counts.metrics(names or getattr(dataset, "mask_kinds", None))
 
 
