@@ -86,3 +86,17 @@ def test_predictions_on_test_reproduce_each_runs_recorded_kappa(smoke_setup):
     wrong = dict(rows[0], test_kappa=rows[0]["test_kappa"] + 0.1)          # a row that another checkpoint scored
     with pytest.raises(RuntimeError, match="checkpoint scores test Kappa .* the run recorded"):
         experiment.predictions_on_test([wrong], bb, data, "cpu")
+
+
+def test_segmentation_counts_on_test_reproduce_each_runs_recorded_dice(smoke_setup):
+    from nbsupport.vit.segmentation import pooled_dice
+
+    experiment, bb, _ = smoke_setup
+    data = experiment.load_segmentation_data("fundus-clinic-seg", "smoke", bb)
+    rows = experiment.run_seeds("linear", bb, data, "smoke", "test", "cpu", [0, 1], epochs=1, record=False)
+    counts = experiment.segmentation_counts_on_test(rows, bb, data, "cpu")
+    assert counts.shape == (2, len(data.test), len(data.classes), 3)
+    assert [float(pooled_dice(c.sum(0))) for c in counts] == pytest.approx([r["test_dice"] for r in rows], abs=1e-12)
+    wrong = dict(rows[0], test_dice=rows[0]["test_dice"] + 0.1)
+    with pytest.raises(RuntimeError, match="checkpoint scores test Dice .* the run recorded"):
+        experiment.segmentation_counts_on_test([wrong], bb, data, "cpu")

@@ -460,6 +460,14 @@ def load_model_from_run(row: dict[str, Any], backbone: Backbone, method: str, co
     return methods.load_trainable(model, row["checkpoint"])
 
 
+def _check_rescore(row: dict[str, Any], metric: str, now: float, recorded: float, tolerance: float) -> None:
+    """Refuse a run whose checkpoint, scored again on the test split, no longer gives what it recorded."""
+    if abs(now - recorded) > tolerance:
+        raise RuntimeError(f"{row.get('record', row['checkpoint'])}: its checkpoint scores test {metric} {now:.4f} "
+                           f"now, the run recorded {recorded:.4f}; the checkpoint or the test split "
+                           "changed since. Re-run the method (delete the checkpoint to retrain it).")
+
+
 def segmentation_counts_on_test(rows: Sequence[dict[str, Any]], backbone: Backbone, data: ClassificationData,
                                 device: torch.device | str, tolerance: float = 5e-3) -> np.ndarray:
     """Each segmentation run's best-on-validation checkpoint on ``data.test``, image by image:
@@ -479,11 +487,7 @@ def segmentation_counts_on_test(rows: Sequence[dict[str, Any]], backbone: Backbo
     for row in rows:
         model = load_model_from_run(row, backbone, row["method"], data=data).to(device)
         counts = segmentation_image_counts(model, data.test, device)                  # [N, K, 3]
-        dice = float(pooled_dice(counts.sum(0)))
-        if abs(dice - row["test_dice"]) > tolerance:
-            raise RuntimeError(f"{row.get('record', row['checkpoint'])}: its checkpoint scores test Dice {dice:.4f} "
-                               f"now, the run recorded {row['test_dice']:.4f}; the checkpoint or the test split "
-                               "changed since. Re-run the method (delete the checkpoint to retrain it).")
+        _check_rescore(row, "Dice", float(pooled_dice(counts.sum(0))), row["test_dice"], tolerance)
         out.append(counts)
         del model
     return np.stack(out)
@@ -509,10 +513,7 @@ def predictions_on_test(rows: Sequence[dict[str, Any]], backbone: Backbone, data
         probs, labels = predict(model, data.test, device)                      # [N, K], [N]
         grades = probs.argmax(1)
         kappa = quadratic_weighted_kappa(labels, grades, data.num_classes)
-        if abs(kappa - row["test_kappa"]) > tolerance:
-            raise RuntimeError(f"{row.get('record', row['checkpoint'])}: its checkpoint scores test Kappa {kappa:.4f} "
-                               f"now, the run recorded {row['test_kappa']:.4f}; the checkpoint or the test split "
-                               "changed since. Re-run the method (delete the checkpoint to retrain it).")
+        _check_rescore(row, "Kappa", kappa, row["test_kappa"], tolerance)
         preds.append(grades)
         del model
     return np.stack(preds), np.asarray(labels)
