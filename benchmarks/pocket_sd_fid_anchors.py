@@ -6,7 +6,8 @@ number has no scale. This measures, against the same 2,000 held-out source eyes 
 and always with 200 images (the samples' count), in ``--draws`` disjoint draws (mean and std):
 
 - ``real``: 200 other real source eyes: the floor at the samples' count;
-- ``vae``: the same eyes through the shipped pocket VAE and back: what its decoder alone costs;
+- ``vae``: the same eyes through the shipped pocket VAE and back: what its decoder alone costs
+  (these eyes are from the corpus's training part, which the VAE saw: if anything it flatters it);
 - ``camera``: the same eyes through the target camera (the one chapter 6 fine-tunes on);
 - ``grade0``: 200 real source eyes all of grade 0: the right look, without the variety of grades;
 - ``samples``: the shipped model's samples at the ``cpu`` profile's guidance (the evaluation's
@@ -60,12 +61,18 @@ def main() -> None:
     grades, _, _ = corpus_labels(cfg.corpus)
     n_total = cfg.corpus.n
     holdout = range(n_total - cfg.holdout, n_total)
-    render = lambda idx, camera=None: np.stack(
-        [corpus_image(cfg.corpus, i, grades[i], camera).image for i in tqdm(idx, desc="render", leave=False)])
+
+    def render(idx: list[int] | range, camera: str | None = None) -> np.ndarray:
+        """Corpus eyes ``idx`` as uint8 ``[n, S, S, 3]`` (through ``camera`` if given)."""
+        return np.stack([corpus_image(cfg.corpus, i, grades[i], camera).image
+                         for i in tqdm(idx, desc="render", leave=False)])
+
     reference = _probe_features(render(holdout), device)                              # [2000, D]
 
     real_idx = list(range(args.draws * N))                     # training-part eyes, any grade
     grade0_idx = [i for i in range(n_total - cfg.holdout) if grades[i] == 0][:args.draws * N]
+    if len(grade0_idx) < args.draws * N:
+        raise ValueError(f"only {len(grade0_idx)} grade-0 eyes outside the held-out ones for {args.draws} draws of {N}")
     real = render(real_idx)
     comp = pocket.load_pocket().to(device)
     with torch.no_grad():

@@ -41,6 +41,11 @@ def test_percent_and_count():
     assert fmt.count(85802501.0) == "85,802,501" and fmt.count(None) == "–"
 
 
+def test_signed_gaps_never_show_a_negative_zero():
+    assert [fmt.signed(v) for v in (0.0123, -0.156, -0.00031, 0.00049, -0.00001, 0.0)] == \
+        ["+0.012", "-0.156", "-0.0003", "+0.0005", "0.0000", "0.0000"]
+
+
 def test_size_picks_a_readable_unit():
     assert [fmt.size(b) for b in (900, 15_520, 1_195_376, 343_214_080, 6.4 * 2**30, None)] == \
         ["900 B", "15.2 KB", "1.14 MB", "327 MB", "6.40 GB", "–"]

@@ -256,5 +256,11 @@ def test_paired_bootstrap_dice_resamples_images_and_pools_their_pixels():
     assert out["bad"][0] == pytest.approx(dice_iou(bad[idx], target[idx])["dice"])
     lo, hi = np.percentile(out["good"] - out["bad"], [2.5, 97.5])
     assert 0 < lo < hi
-    with pytest.raises(ValueError, match="different numbers of test images"):
+    with pytest.raises(ValueError, match="different numbers of test images or kinds"):
         paired_bootstrap_dice({"a": counts["good"], "b": counts["bad"][:39]})
+    with pytest.raises(ValueError, match="different numbers of test images or kinds"):
+        paired_bootstrap_dice({"a": counts["good"], "b": counts["bad"][:, :2]})
+    with pytest.raises(ValueError, match=r"counts\['flat'\] has shape \(40, 9\)"):
+        paired_bootstrap_dice({"flat": counts["good"].reshape(40, 9)})
+    with pytest.raises(ValueError, match="at least one method"):
+        paired_bootstrap_dice({})

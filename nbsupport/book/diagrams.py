@@ -113,7 +113,7 @@ def dvpt_module() -> Any:
     c.arrow(c.bottom(gate), c.top(plus))
     c.arrow((x_in[0] + x_in[2] / 2, x_in[1]), (mlp[0], mlp[1] + mlp[3] / 2), rad=0.15)
     c.arrow(c.right(mlp), c.left(plus))
-    c.note(0.2, 0.05, "MLP(LN(x)) + gate · up(…) is the\nfrozen block's output while gate = 0", size=8.5)
+    c.note(0.2, 0.05, "MLP(LN(x)) + gate · up(…) is the frozen\nMLP branch's output while gate = 0", size=8.5)
     c.legend(0.2, 5.55, [(DATA, "data"), (FROZEN, "frozen"), (TRAINED, "trained"), (OUTPUT, "sum")])
     return c.done()
 

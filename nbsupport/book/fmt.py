@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
-__all__ = ["LABELS", "sig", "count", "percent", "size", "mean_std", "metric_name", "table"]
+__all__ = ["LABELS", "sig", "count", "percent", "size", "signed", "mean_std", "metric_name", "table"]
 
 #: Display names of the run records' keys (a table's columns are renamed with these).
 LABELS: dict[str, str] = {
@@ -88,10 +88,18 @@ def percent(x: Any, digits: int = 2, scale: float = 1.0, dash: str = "–") -> s
     return f"{sig(v, digits)} %"
 
 
+def signed(x: float) -> str:
+    """A gap with its sign, 3 decimals, 4 near zero, and never a negative zero: ``signed(0.0123) ==
+    "+0.012"``, ``signed(-0.00031) == "-0.0003"``, ``signed(-0.00001) == "0.0000"``."""
+    if abs(x) < 5e-5:
+        return "0.0000"
+    return f"{x:+.3f}" if abs(x) >= 5e-4 else f"{x:+.4f}"
+
+
 def size(nbytes: Any, digits: int = 3, dash: str = "–") -> str:
-    """A byte count in the unit that keeps it readable, 1 KB = 1,024 bytes as in the book's MB and
-    GiB: ``size(15_520) == "15.2 KB"``, ``size(1_195_376) == "1.14 MB"``, ``size(343_214_080) ==
-    "327 MB"``, ``size(900) == "900 B"``."""
+    """A byte count in the unit that keeps it readable. The book's KB, MB and GB are binary, like
+    its GiB of GPU memory (1 KB = 1,024 bytes, 1 GB = 2**30): ``size(15_520) == "15.2 KB"``,
+    ``size(1_195_376) == "1.14 MB"``, ``size(343_214_080) == "327 MB"``, ``size(900) == "900 B"``."""
     if _missing(nbytes):
         return dash
     v = float(nbytes)
@@ -138,7 +146,8 @@ mean_std = _mean_std
 
 def table(df: "Any", columns: Sequence[str] | None = None, mean_std: Iterable[str] = (),
           counts: Iterable[str] = (), percents: Mapping[str, float] | Iterable[str] = (),
-          sizes: Iterable[str] = (), sci: Iterable[str] = ("lr",), digits: int = 3, labels: Mapping[str, str] | None = None, caption: str | None = None) -> "Any":
+          sizes: Iterable[str] = (), sci: Iterable[str] = ("lr",), digits: int = 3,
+          labels: Mapping[str, str] | None = None, caption: str | None = None) -> "Any":
     """A display copy of ``df`` (a pandas DataFrame or Series) with every cell, and a float index,
     formatted as text.
 

@@ -57,7 +57,8 @@ def paired_bootstrap_kappa(y_true: Sequence[int], predictions: Mapping[str, np.n
 
     Returns:
         method -> ``[n_resamples]`` mean-over-seeds Kappa on each resample. The 2.5th and 97.5th
-        percentiles of ``out[a] - out[b]`` are a 95% interval for the gap on a new test set of this size.
+        percentiles of ``out[a] - out[b]`` are a 95% interval for the gap on eyes like these (what
+        sampling a test set of this size leaves uncertain).
     """
     y = np.asarray(y_true, dtype=np.int64)
     idx = np.random.default_rng(seed).integers(0, len(y), size=(n_resamples, len(y)))   # [R, N]

@@ -139,6 +139,12 @@ def _dice(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
     return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 1.0)
 
 
+def _iou(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    """IoU (Jaccard) from pixel counts; 1 where there is nothing to find and nothing found."""
+    denom = tp + fp + fn
+    return np.where(denom > 0, tp / np.maximum(denom, 1), 1.0)
+
+
 class SegmentationCounts:
     """Per-class true positives, false positives and false negatives, pooled over batches."""
 
@@ -147,13 +153,22 @@ class SegmentationCounts:
         self.fp = np.zeros(num_classes, np.int64)
         self.fn = np.zeros(num_classes, np.int64)
 
+    @classmethod
+    def from_counts(cls, counts: np.ndarray) -> "SegmentationCounts":
+        """From pooled counts ``[K, 3]`` (TP, FP, FN per class), e.g. per-image counts summed over images."""
+        counts = np.asarray(counts)
+        if counts.ndim != 2 or counts.shape[1] != 3:
+            raise ValueError(f"counts of shape {counts.shape}: expected [K, 3] (TP, FP, FN per class)")
+        out = cls(len(counts))
+        out.tp, out.fp, out.fn = (counts[:, j].astype(np.int64) for j in range(3))
+        return out
+
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """``pred``, ``target``: bool/0-1 ``[B, K, H, W]``."""
-        pred, target = pred.bool(), target.bool()
-        dims = (0, 2, 3)
-        self.tp += (pred & target).sum(dims).cpu().numpy()
-        self.fp += (pred & ~target).sum(dims).cpu().numpy()
-        self.fn += (~pred & target).sum(dims).cpu().numpy()
+        batch = image_counts(pred, target).sum(0)                            # [K, 3]
+        self.tp += batch[:, 0]
+        self.fp += batch[:, 1]
+        self.fn += batch[:, 2]
 
     def metrics(self, names: Sequence[str] | None = None) -> dict[str, Any]:
         """``dice``, ``iou`` (means over classes) and ``dice_per_class``, ``iou_per_class``.
@@ -161,8 +176,7 @@ class SegmentationCounts:
         A class with no pixel in either the prediction or the target scores 1 (nothing to find,
         nothing found)."""
         dice = _dice(self.tp, self.fp, self.fn)
-        denom_i = self.tp + self.fp + self.fn
-        iou = np.where(denom_i > 0, self.tp / np.maximum(denom_i, 1), 1.0)
+        iou = _iou(self.tp, self.fp, self.fn)
         names = list(names) if names is not None else [str(i) for i in range(len(dice))]
         return {"dice": float(dice.mean()), "iou": float(iou.mean()),
                 "dice_per_class": dict(zip(names, map(float, dice))),
@@ -178,12 +192,16 @@ def dice_iou(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor,
     return counts.metrics(names)
 
 
+def _as_mask(m: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A boolean tensor, on the device it is on (an array goes to the CPU)."""
+    return m.bool() if isinstance(m, torch.Tensor) else torch.as_tensor(np.asarray(m)).bool()
+
+
 def image_counts(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor) -> np.ndarray:
     """Each image's true positives, false positives and false negatives per class: binary masks
     ``[N, K, H, W]`` -> ``int64 [N, K, 3]``. Summed over images they are what :class:`SegmentationCounts`
     pools, so a resample of the images is a resample of these rows (:func:`paired_bootstrap_dice`)."""
-    as_mask = lambda m: m.bool() if isinstance(m, torch.Tensor) else torch.as_tensor(np.asarray(m)).bool()
-    pred_t, target_t = as_mask(pred), as_mask(target)
+    pred_t, target_t = _as_mask(pred), _as_mask(target)
     dims = (2, 3)
     return torch.stack([(pred_t & target_t).sum(dims), (pred_t & ~target_t).sum(dims),
                         (~pred_t & target_t).sum(dims)], dim=-1).cpu().numpy().astype(np.int64)
@@ -208,14 +226,23 @@ def paired_bootstrap_dice(counts: Mapping[str, np.ndarray], n_resamples: int = 2
 
     Returns:
         method -> ``[n_resamples]`` mean-over-seeds Dice on each resample; the 2.5th and 97.5th
-        percentiles of ``out[a] - out[b]`` are a 95% interval for the gap on a new test set of this size.
+        percentiles of ``out[a] - out[b]`` are a 95% interval for the gap on eyes like these (what
+        sampling a test set of this size leaves uncertain).
     """
-    arrays = {name: np.asarray(c) if np.ndim(c) == 4 else np.asarray(c)[None] for name, c in counts.items()}
-    sizes = {name: a.shape[1] for name, a in arrays.items()}
-    if len(set(sizes.values())) > 1:
-        raise ValueError(f"counts cover different numbers of test images {sizes}: give every method's "
-                         "counts on the same test split, in its order")
-    n = next(iter(sizes.values()), 0)
+    if not counts:
+        raise ValueError("paired_bootstrap_dice needs the counts of at least one method")
+    arrays = {}
+    for name, c in counts.items():
+        c = np.asarray(c)
+        if c.ndim not in (3, 4) or c.shape[-1] != 3:
+            raise ValueError(f"counts[{name!r}] has shape {c.shape}: expected [S, N, K, 3] or [N, K, 3] "
+                             "(image_counts of each seed's run)")
+        arrays[name] = c if c.ndim == 4 else c[None]
+    shapes = {name: a.shape[1:3] for name, a in arrays.items()}                     # (N, K)
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"counts cover different numbers of test images or kinds {shapes} (images, kinds): "
+                         "give every method's counts on the same test split, in its order")
+    n = next(iter(shapes.values()))[0]
     idx = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))          # [R, N]
     times = np.zeros((n_resamples, n))                      # how often each image is drawn: [R, N]
     np.add.at(times, (np.arange(n_resamples)[:, None], idx), 1)

@@ -186,10 +186,10 @@ def evaluate_segmentation(model: nn.Module, dataset: Dataset, device: torch.devi
     """Dice and IoU per class (pixels pooled over the dataset) and their means; 0.5 threshold."""
     from nbsupport.vit.segmentation import SegmentationCounts
 
-    counts = SegmentationCounts(num_classes)
     pooled = segmentation_image_counts(model, dataset, device, batch_size, amp).sum(0)     # [K, 3]
-    counts.tp, counts.fp, counts.fn = pooled[:, 0], pooled[:, 1], pooled[:, 2]
-    return counts.metrics(names or getattr(dataset, "mask_kinds", None))
+    if len(pooled) != num_classes:
+        raise ValueError(f"the model predicts {len(pooled)} mask kinds, num_classes says {num_classes}")
+    return SegmentationCounts.from_counts(pooled).metrics(names or getattr(dataset, "mask_kinds", None))
 
 
 def evaluate(model: nn.Module, dataset: Dataset, device: torch.device, num_classes: int,
