@@ -391,3 +391,17 @@ def test_a_page_shows_the_parameters_it_ran_with_once(tmp_path):
         "epochs = 3  # this build",                             # not among the defaults: appended
         'names = ["c"]  # this build']                          # a default over two lines: overridden below it
     assert "remove-cell" in injected.metadata["tags"]
+
+
+def test_yardsticks_judge_a_gap_both_ways():
+    from nbsupport.book.tables import YARDSTICK_LABELS, yardsticks
+
+    clear = yardsticks(True, np.linspace(0.01, 0.05, 2001))            # all resamples above 0
+    assert clear["vs_seeds"] == "beyond" and clear["vs_0"] == "clear of 0" and clear["both"]
+    assert clear["test_sets"] == "[+0.011, +0.049]"
+    assert clear["interval"] == pytest.approx((0.011, 0.049))
+    spans = yardsticks(True, np.linspace(-0.01, 0.03, 2001))
+    assert spans["vs_0"] == "spans 0" and not spans["both"] and spans["test_sets"] == "[-0.009, +0.029]"
+    assert yardsticks(None, np.linspace(0.01, 0.05, 11))["vs_seeds"] == "one seed"
+    assert not yardsticks(False, np.linspace(0.01, 0.05, 11))["both"]
+    assert set(YARDSTICK_LABELS) <= set(clear)

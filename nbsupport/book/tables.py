@@ -1,12 +1,15 @@
-"""Tables for people: the profiles at a glance."""
+"""Tables for people: the profiles at a glance, and a gap judged by both of the book's yardsticks."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from nbsupport.book import fmt
 from nbsupport.core.profiles import PROFILES
 
-__all__ = ["profiles_table"]
+__all__ = ["profiles_table", "YARDSTICK_LABELS", "yardsticks"]
 
 
 
@@ -19,3 +22,33 @@ def profiles_table() -> "Any":
              "epochs": p.epochs, "data": f"{p.default_dataset}; {p.sd_dataset}"}
             for p in PROFILES.values()]
     return pd.DataFrame(rows).set_index("profile")
+
+
+#: Display names of :func:`yardsticks`' columns.
+YARDSTICK_LABELS: dict[str, str] = {"vs_seeds": "vs the seeds' noise",
+                                    "test_sets": "95% interval, test-set sampling", "vs_0": "vs 0"}
+
+
+def yardsticks(beyond: bool | None, resampled_gap: np.ndarray) -> dict[str, Any]:
+    """One gap between two methods judged as chapters 3 and 9 judge it, by both yardsticks.
+
+    Args:
+        beyond: whether the gap exceeds twice the seeds' spread
+            (:func:`nbsupport.vit.experiment.difference`; None with one seed).
+        resampled_gap: ``[R]`` the gap on each paired bootstrap resample of the test images
+            (``out[a] - out[b]`` of :func:`nbsupport.vit.metrics.paired_bootstrap_kappa` or
+            :func:`nbsupport.vit.segmentation.paired_bootstrap_dice`).
+
+    Returns:
+        ``vs_seeds`` ("beyond", "within", "one seed"), ``test_sets`` (the middle 95% of the
+        resampled gaps, as text), ``vs_0`` ("clear of 0" or "spans 0"): a table row, with
+        :data:`YARDSTICK_LABELS` as its column names; and ``interval`` ``(lo, hi)`` and ``both``
+        (separated by both yardsticks), for the chapter's own verdicts.
+    """
+    lo, hi = (float(v) for v in np.percentile(resampled_gap, [2.5, 97.5]))
+    clear = lo > 0 or hi < 0
+    return {"vs_seeds": "one seed" if beyond is None else "beyond" if beyond else "within",
+            "test_sets": f"[{fmt.signed(lo)}, {fmt.signed(hi)}]",
+            "vs_0": "clear of 0" if clear else "spans 0",
+            "interval": (lo, hi), "both": bool(beyond) and clear}
+
