@@ -11,8 +11,8 @@ from sklearn.metrics import cohen_kappa_score
 from nbsupport.vit import methods
 from nbsupport.vit.backbones import create_vit
 from nbsupport.data.datasets import build_dataset
-from nbsupport.vit.metrics import (classification_metrics, paired_bootstrap_kappa, quadratic_weighted_kappa,
-                                  quadratic_weighted_kappa_rows)
+from nbsupport.vit.metrics import (bootstrap_indices, classification_metrics, paired_bootstrap_kappa,
+                                  quadratic_weighted_kappa, quadratic_weighted_kappa_rows)
 from nbsupport.vit.train import TrainConfig, train_classifier
 
 
@@ -57,8 +57,12 @@ def test_paired_bootstrap_resamples_the_test_set_once_for_every_method():
     assert lo > 0                                               # a large gap stays clear of 0
     again = paired_bootstrap_kappa(y, {"good": good}, 5, n_resamples=500, seed=0)
     assert np.array_equal(again["good"], out["good"])           # seeded
+    idx = bootstrap_indices(300, 500, seed=0)[7]                # resample 7 by hand
+    assert out["noisy"][7] == pytest.approx(np.mean([quadratic_weighted_kappa(y[idx], s[idx], 5) for s in noisy]))
     with pytest.raises(ValueError, match=r"predictions\['short'\] has 299 images per seed, the labels 300"):
         paired_bootstrap_kappa(y, {"short": good[:, :299]}, 5)
+    with pytest.raises(ValueError, match="at least one image and one resample, got n=0"):
+        bootstrap_indices(0, 10)
 
 
 def test_classification_metrics_perfect():

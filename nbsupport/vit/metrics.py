@@ -44,6 +44,17 @@ def quadratic_weighted_kappa_rows(y_true: np.ndarray, y_pred: np.ndarray, num_cl
     return np.where(denom > 0, 1.0 - num / np.where(denom > 0, denom, 1.0), 0.0)
 
 
+def bootstrap_indices(n: int, n_resamples: int, seed: int = 0) -> np.ndarray:
+    """``n_resamples`` resamples of ``n`` test images, drawn with replacement: ``[R, N]`` indices.
+    One seed gives the same resamples to every method scored with it, which is what makes the
+    paired bootstraps (:func:`paired_bootstrap_kappa`, ``segmentation.paired_bootstrap_dice``)
+    paired."""
+    if n < 1 or n_resamples < 1:
+        raise ValueError(f"bootstrap_indices needs at least one image and one resample, got n={n}, "
+                         f"n_resamples={n_resamples}")
+    return np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+
+
 def paired_bootstrap_kappa(y_true: Sequence[int], predictions: Mapping[str, np.ndarray], num_classes: int,
                            n_resamples: int = 2000, seed: int = 0) -> dict[str, np.ndarray]:
     """How much the test set's own sampling moves each method's Kappa: ``n_resamples`` resamples of
@@ -61,7 +72,7 @@ def paired_bootstrap_kappa(y_true: Sequence[int], predictions: Mapping[str, np.n
         sampling a test set of this size leaves uncertain).
     """
     y = np.asarray(y_true, dtype=np.int64)
-    idx = np.random.default_rng(seed).integers(0, len(y), size=(n_resamples, len(y)))   # [R, N]
+    idx = bootstrap_indices(len(y), n_resamples, seed)                                 # [R, N]
     out = {}
     for name, pred in predictions.items():
         p = np.atleast_2d(np.asarray(pred, dtype=np.int64))                            # [S, N]

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .metrics import bootstrap_indices
+
 __all__ = ["PatchDecoder", "SegmentationModel", "segmentation_loss", "dice_iou", "SegmentationCounts", "image_counts",
            "pooled_dice", "paired_bootstrap_dice"]
 
@@ -243,7 +245,7 @@ def paired_bootstrap_dice(counts: Mapping[str, np.ndarray], n_resamples: int = 2
         raise ValueError(f"counts cover different numbers of test images or kinds {shapes} (images, kinds): "
                          "give every method's counts on the same test split, in its order")
     n = next(iter(shapes.values()))[0]
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))          # [R, N]
+    idx = bootstrap_indices(n, n_resamples, seed)                                     # [R, N]
     times = np.zeros((n_resamples, n))                      # how often each image is drawn: [R, N]
     np.add.at(times, (np.arange(n_resamples)[:, None], idx), 1)
     out = {}
