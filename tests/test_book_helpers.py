@@ -43,7 +43,7 @@ def test_percent_and_count():
 
 def test_signed_gaps_never_show_a_negative_zero():
     assert [fmt.signed(v) for v in (0.0123, -0.156, -0.00031, 0.00049, -0.00001, 0.0)] == \
-        ["+0.012", "-0.156", "-0.0003", "+0.0005", "0.0000", "0.0000"]
+        ["+0.012", "-0.156", "-0.0003", "+0.0005", "0.000", "0.000"]
 
 
 def test_size_picks_a_readable_unit():

@@ -89,10 +89,11 @@ def percent(x: Any, digits: int = 2, scale: float = 1.0, dash: str = "–") -> s
 
 
 def signed(x: float) -> str:
-    """A gap with its sign, 3 decimals, 4 near zero, and never a negative zero: ``signed(0.0123) ==
-    "+0.012"``, ``signed(-0.00031) == "-0.0003"``, ``signed(-0.00001) == "0.0000"``."""
+    """A gap with its sign, 3 decimals, a 4th where 3 would round a gap to zero, and never a
+    negative zero: ``signed(0.0123) == "+0.012"``, ``signed(-0.00031) == "-0.0003"``,
+    ``signed(-0.00001) == "0.000"``."""
     if abs(x) < 5e-5:
-        return "0.0000"
+        return "0.000"
     return f"{x:+.3f}" if abs(x) >= 5e-4 else f"{x:+.4f}"
 
 
