@@ -33,6 +33,15 @@ def test_split_seed_size_camera_and_labels_change_the_fingerprint():
     assert fingerprint(label_subset(ds(), 0.5)) != base
 
 
+def test_a_new_version_of_the_masks_changes_only_segmentation_fingerprints(monkeypatch):
+    from nbsupport.data import fundus
+
+    seg, cls = fingerprint(ds(task="segmentation")), fingerprint(ds())
+    monkeypatch.setattr(fundus, "MASKS_VERSION", fundus.MASKS_VERSION + 1)
+    assert fingerprint(ds(task="segmentation")) != seg      # trained on other masks: never resumed
+    assert fingerprint(ds()) == cls                           # the images did not change
+
+
 def test_subsets_and_concatenations_are_identified_item_by_item():
     a, b = ds(), ds(split="val")
     sub = Subset(a, [3, 1])

@@ -121,3 +121,15 @@ def test_structure_masks_follow_the_anatomy():
     red = s.image[..., 0].astype(float) - s.image[..., 1]
     fov = s.image.sum(-1) > 30
     assert red[vessels & fov].mean() > red[~vessels & ~disc & fov].mean()       # vessels are the redder pixels
+
+
+@pytest.mark.parametrize("size, camera", [(64, "default"), (128, "clinic_dim_bluish"), (256, "bright_warm")])
+def test_no_mask_outside_the_field_of_view(size, camera):
+    # vessels are drawn past the rim, where the image is black: a label there cannot be learned
+    for seed in range(12):
+        s = fundus.generate_fundus(seed, seed % 5, size, camera)
+        black = s.image.max(-1) == 0
+        assert black.any()
+        for kind, m in s.masks.items():
+            assert not (m & black).any(), (seed, kind)
+    assert s.masks["vessels"].any()

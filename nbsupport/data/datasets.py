@@ -176,6 +176,9 @@ class FundusDataset(_TaskMixin, Dataset):
             raise ValueError(f"split={split!r}: expected one of {list(SYNTHETIC_SPLIT_ID)}")
         self.n, self.split, self.image_size, self.seed = int(n), split, int(image_size), int(seed)
         self.camera, self.task = camera, task
+        # procedural masks have versions (fundus.MASKS_VERSION): part of the fingerprint of a
+        # segmentation set, so a run on older masks is never resumed; None for other tasks
+        self.masks_version = fundus.MASKS_VERSION if task == "segmentation" else None
         self.manifest = manifest or load_manifest("fundus-procedural")
         self.mean, self.std, self.transform = mean, std, transform
         self.classes = list(fundus.GRADE_SHORT)

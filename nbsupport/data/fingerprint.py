@@ -76,6 +76,7 @@ def _describe(ds: Dataset) -> Any:
                    list(getattr(ds, "mean", None) or []), list(getattr(ds, "std", None) or []),
                    _transform_name(getattr(ds, "transform", None))],
         "generated": [e.get("prompt") for e in entries] if entries else None,
+        **({"masks_version": ds.masks_version} if getattr(ds, "masks_version", None) else {}),
     }
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "LOOK_ALIKES",
     "STRUCTURES",
     "MASK_KINDS",
+    "MASKS_VERSION",
     "CameraModel",
     "CAMERA_PRESETS",
     "FundusSample",
@@ -75,6 +76,9 @@ LOOK_ALIKES: tuple[str, ...] = ("drusen", "pigment_clumps")
 # Anatomy with a mask too (segmentation targets, like DRIVE's vessels and IDRiD's optic disc).
 STRUCTURES: tuple[str, ...] = ("vessels", "optic_disc")
 MASK_KINDS: tuple[str, ...] = (*STRUCTURES, *LESION_KINDS)
+# Bumped whenever the masks change for the same seed (2: clipped to the field of view), so that
+# segmentation runs trained on the old masks are not resumed or reused (``data.fingerprint``).
+MASKS_VERSION = 2
 _LESION_WORDS = {
     "microaneurysms": "microaneurysms",
     "haemorrhages": "haemorrhages",
@@ -550,12 +554,15 @@ def generate_fundus(
         Image.fromarray(image).save(buf, format="JPEG", quality=int(cam.jpeg))
         image = np.asarray(Image.open(buf).convert("RGB"))
 
-    # --- masks at output size: a pixel belongs to a kind when >= 25% of it is covered (drawn after
-    # the image, from the same geometry: adding them changed no random draw and no pixel)
-    vessels = Image.fromarray(np.maximum(np.asarray(art_im), np.asarray(vein_im)))
-    disc_im = Image.fromarray(((disc_m >= 0.5) * 255).astype(np.uint8))
+    # --- masks at output size: a pixel belongs to a kind when >= 25% of it is covered inside the
+    # field of view (vessels are drawn past the rim, where the image is black: no label there).
+    # Drawn after the image, from the same geometry: the masks change no random draw and no pixel.
+    inside = fov >= 0.5                                                        # [R, R]
+    vessels = np.maximum(np.asarray(art_im), np.asarray(vein_im))
     masks: dict[str, np.ndarray] = {}
-    for kind, im in (("vessels", vessels), ("optic_disc", disc_im), *lesion_layers.items()):
+    for kind, layer in (("vessels", vessels), ("optic_disc", (disc_m >= 0.5) * 255),
+                        *((k, np.asarray(im)) for k, im in lesion_layers.items())):
+        im = Image.fromarray((np.asarray(layer) * inside).astype(np.uint8))
         if R != size:
             im = im.resize((size, size), Image.BOX)
         masks[kind] = np.asarray(im) >= 64
