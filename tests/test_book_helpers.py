@@ -44,6 +44,8 @@ def test_percent_and_count():
 def test_signed_gaps_never_show_a_negative_zero():
     assert [fmt.signed(v) for v in (0.0123, -0.156, -0.00031, 0.00049, -0.00001, 0.0)] == \
         ["+0.012", "-0.156", "-0.0003", "+0.0005", "0.000", "0.000"]
+    assert fmt.interval(-0.00012, 0.0011) == "[-0.0001, +0.0011]"      # one precision for both ends
+    assert fmt.interval(0.0, 0.0381) == "[0.000, +0.038]" and fmt.interval(-0.02, 0.03) == "[-0.020, +0.030]"
 
 
 def test_size_picks_a_readable_unit():
@@ -78,6 +80,9 @@ def test_table_formats_every_cell_and_labels_columns():
 def test_a_mean_std_column_has_one_number_of_decimals():
     df = pd.DataFrame({"k": [0.7495, 0.705, 0.767, 0.6], "k_std": [0.0068, 0.044, 0.011, math.nan]})
     assert fmt.table(df, mean_std=["k"]).data["k"].tolist() == ["0.750 ± 0.007", "0.705 ± 0.044", "0.767 ± 0.011", "0.600"]
+    kid = pd.DataFrame({"kid": [0.80, 0.87, 0.004, 0.0], "kid_std": [0.15, 0.14, 0.055, 0.12]})
+    assert fmt.table(kid, mean_std=["kid"]).data.iloc[:, 0].tolist() == [   # a small mean is not 0.00
+        "0.80 ± 0.15", "0.87 ± 0.14", "0.004 ± 0.055", "0.00 ± 0.12"]
     head = fmt.table(df.rename_axis("m")).to_html().split("<thead>")[1].split("</thead>")[0]
     assert head.count("<tr>") == 1 and ">m</th>" in head                  # the index's name in the one header row
 
@@ -292,6 +297,13 @@ def test_comparison_grid_wraps_many_columns_into_wide_blocks():
     between = grid[2, 0].get_position().y0 - grid[3, 0].get_position().y1     # between the blocks
     assert between > within + 0.02                                            # the blocks read as separate
     plt.close(fig)
+    fig = viz.comparison_grid(cols, ["grade 0", "grade 2", "grade 4"], max_cols=7, keep=2)
+    grid = np.array(fig.axes).reshape(9, 7)                  # 11 methods, 5 per block beside the 2 kept
+    assert [grid[3, j].get_title() for j in range(3)] == ["method 0", "method 1", "method 7"]
+    assert grid[6, 2].get_title() == "method 12" and grid[6, 3].axison is False
+    plt.close(fig)
+    with pytest.raises(ValueError, match="keep=7"):
+        viz.comparison_grid(cols, ["grade 0", "grade 2", "grade 4"], max_cols=7, keep=7)
     with pytest.raises(ValueError, match="'method 1' has 2 images for 3 row labels"):
         viz.comparison_grid({"method 0": [img] * 3, "method 1": [img] * 2}, ["a", "b", "c"])
 
@@ -397,11 +409,11 @@ def test_yardsticks_judge_a_gap_both_ways():
     from nbsupport.book.tables import YARDSTICK_LABELS, yardsticks
 
     clear = yardsticks(True, np.linspace(0.01, 0.05, 2001))            # all resamples above 0
-    assert clear["vs_seeds"] == "beyond" and clear["vs_0"] == "clear of 0" and clear["both"]
+    assert clear["vs_seeds"] == "beyond" and clear["test_sets_vs_0"] == "clear of 0" and clear["both"]
     assert clear["test_sets"] == "[+0.011, +0.049]"
     assert clear["interval"] == pytest.approx((0.011, 0.049))
     spans = yardsticks(True, np.linspace(-0.01, 0.03, 2001))
-    assert spans["vs_0"] == "spans 0" and not spans["both"] and spans["test_sets"] == "[-0.009, +0.029]"
+    assert spans["test_sets_vs_0"] == "spans 0" and not spans["both"] and spans["test_sets"] == "[-0.009, +0.029]"
     assert yardsticks(None, np.linspace(0.01, 0.05, 11))["vs_seeds"] == "one seed"
     assert not yardsticks(False, np.linspace(0.01, 0.05, 11))["both"]
     assert set(YARDSTICK_LABELS) <= set(clear)

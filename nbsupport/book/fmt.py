@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
-__all__ = ["LABELS", "sig", "count", "percent", "size", "signed", "mean_std", "metric_name", "table"]
+__all__ = ["LABELS", "sig", "count", "percent", "size", "signed", "interval", "mean_std", "metric_name", "table"]
 
 #: Display names of the run records' keys (a table's columns are renamed with these).
 LABELS: dict[str, str] = {
@@ -97,6 +97,14 @@ def signed(x: float) -> str:
     return f"{x:+.3f}" if abs(x) >= 5e-4 else f"{x:+.4f}"
 
 
+def interval(lo: float, hi: float) -> str:
+    """A gap's interval, both ends signed like :func:`signed` and to the same decimals:
+    ``interval(-0.00012, 0.0011) == "[-0.0001, +0.0011]"``, not ``[-0.0001, +0.001]``."""
+    d = 4 if any(5e-5 <= abs(v) < 5e-4 for v in (lo, hi)) else 3
+    ends = ["0." + "0" * d if abs(v) < 0.5 * 10.0**-d else f"{v:+.{d}f}" for v in (lo, hi)]
+    return f"[{ends[0]}, {ends[1]}]"
+
+
 def size(nbytes: Any, digits: int = 3, dash: str = "–") -> str:
     """A byte count in the unit that keeps it readable. The book's KB, MB and GB are binary, like
     its GiB of GPU memory (1 KB = 1,024 bytes, 1 GB = 2**30): ``size(15_520) == "15.2 KB"``,
@@ -140,6 +148,15 @@ def _column_decimals(stds: Iterable[Any]) -> int | None:
     if not ds:
         return None
     return max(set(ds), key=lambda d: (ds.count(d), d))
+
+
+def _row_decimals(mean: Any, std: Any, column: int | None) -> int | None:
+    """The column's decimals, unless they would print a non-zero mean as ``0.00``: then the row's
+    own (``0.004 ± 0.055`` in a column of ``0.80 ± 0.15``, not ``0.00 ± 0.05``)."""
+    if column is None or _missing(mean) or mean == 0 or abs(float(mean)) >= 0.5 * 10.0**-column:
+        return column
+    own = _std_decimals(std)
+    return column if own is None else max(column, own)
 
 
 mean_std = _mean_std
@@ -187,7 +204,7 @@ def table(df: "Any", columns: Sequence[str] | None = None, mean_std: Iterable[st
         if c in ms:
             std = df[f"{c}_std"] if f"{c}_std" in df.columns else pd.Series(float("nan"), index=df.index)
             d = _column_decimals(std)
-            out[c] = [_mean_std(m, s, digits, d) for m, s in zip(col, std)]
+            out[c] = [_mean_std(m, s, digits, _row_decimals(m, s, d)) for m, s in zip(col, std)]
         elif c in sz:
             out[c] = col.map(size)
         elif c in cnt or (pd.api.types.is_integer_dtype(col) and not pd.api.types.is_bool_dtype(col)):

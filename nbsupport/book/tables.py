@@ -25,8 +25,9 @@ def profiles_table() -> "Any":
 
 
 #: Display names of :func:`yardsticks`' columns.
-YARDSTICK_LABELS: dict[str, str] = {"vs_seeds": "vs the seeds' noise",
-                                    "test_sets": "95% interval, test-set sampling", "vs_0": "vs 0"}
+YARDSTICK_LABELS: dict[str, str] = {"vs_seeds": "seeds: gap vs 2 × spread",
+                                    "test_sets": "test sets: 95% interval",
+                                    "test_sets_vs_0": "test sets: interval vs 0"}
 
 
 def yardsticks(beyond: bool | None, resampled_gap: np.ndarray) -> dict[str, Any]:
@@ -41,14 +42,14 @@ def yardsticks(beyond: bool | None, resampled_gap: np.ndarray) -> dict[str, Any]
 
     Returns:
         ``vs_seeds`` ("beyond", "within", "one seed"), ``test_sets`` (the middle 95% of the
-        resampled gaps, as text), ``vs_0`` ("clear of 0" or "spans 0"): a table row, with
+        resampled gaps, as text), ``test_sets_vs_0`` ("clear of 0" or "spans 0"): a table row, with
         :data:`YARDSTICK_LABELS` as its column names; and ``interval`` ``(lo, hi)`` and ``both``
         (separated by both yardsticks), for the chapter's own verdicts.
     """
     lo, hi = (float(v) for v in np.percentile(resampled_gap, [2.5, 97.5]))
     clear = lo > 0 or hi < 0
     return {"vs_seeds": "one seed" if beyond is None else "beyond" if beyond else "within",
-            "test_sets": f"[{fmt.signed(lo)}, {fmt.signed(hi)}]",
-            "vs_0": "clear of 0" if clear else "spans 0",
+            "test_sets": fmt.interval(lo, hi),
+            "test_sets_vs_0": "clear of 0" if clear else "spans 0",
             "interval": (lo, hi), "both": bool(beyond) and clear}
 

@@ -72,12 +72,13 @@ def image_grid(images: Sequence[np.ndarray], titles: Sequence[str] | None = None
 
 
 def comparison_grid(columns: Mapping[str, Sequence[np.ndarray]], row_labels: Sequence[str], max_cols: int = 7,
-                    size: float = 1.5, wrap: int = 16):
+                    size: float = 1.5, wrap: int = 16, keep: int = 0):
     """Many named columns of images over the same few inputs, e.g. one column per method and one
     row per prompt: the columns are wrapped into blocks of at most ``max_cols``, stacked top to
     bottom, each block titling its columns and labelling its rows. Wide rather than tall, so each
-    image stays large on a page. ``columns`` maps a title to one ``[H, W, 3]`` image per row label.
-    Returns the figure."""
+    image stays large on a page. ``columns`` maps a title to one ``[H, W, 3]`` image per row label;
+    the first ``keep`` columns (references, e.g. the real image) open every block, so each block
+    compares with them without scrolling back. Returns the figure."""
     import matplotlib.pyplot as plt
 
     names = list(columns)
@@ -87,8 +88,13 @@ def comparison_grid(columns: Mapping[str, Sequence[np.ndarray]], row_labels: Seq
         if len(columns[name]) != len(row_labels):
             raise ValueError(f"column {name!r} has {len(columns[name])} images for {len(row_labels)} row labels "
                              f"({list(row_labels)}): give each column one image per row")
-    n_rows, ncols = len(row_labels), min(max_cols, len(names))
-    blocks = (len(names) + ncols - 1) // ncols
+    if not 0 <= keep < max_cols:
+        raise ValueError(f"keep={keep}: the kept columns must leave room in a block of max_cols={max_cols}")
+    head, rest = names[:keep], names[keep:]
+    per = max_cols - keep                                        # new columns per block
+    chunks = [rest[i:i + per] for i in range(0, len(rest), per)] or [[]]
+    block_names = [head + c for c in chunks]
+    n_rows, ncols, blocks = len(row_labels), max(map(len, block_names)), len(block_names)
     gap = 0.35                                                   # a spacer row between blocks, in images' heights
     ratios = ([1.0] * n_rows + [gap]) * (blocks - 1) + [1.0] * n_rows
     fig, all_axes = plt.subplots(len(ratios), ncols, squeeze=False, height_ratios=ratios,
@@ -96,19 +102,18 @@ def comparison_grid(columns: Mapping[str, Sequence[np.ndarray]], row_labels: Seq
     for spacer in all_axes[n_rows::n_rows + 1].flat:
         fig.delaxes(spacer)
     axes = np.delete(all_axes, np.s_[n_rows::n_rows + 1], axis=0)   # [blocks * n_rows, ncols]
-    for b in range(blocks):
+    for b, block in enumerate(block_names):
         for j in range(ncols):
-            k = b * ncols + j
             for r in range(n_rows):
                 ax = axes[b * n_rows + r, j]
                 ax.set_xticks([]), ax.set_yticks([])
                 ax.spines[:].set_visible(False)
-                if k >= len(names):
+                if j >= len(block):
                     ax.axis("off")
                     continue
-                ax.imshow(columns[names[k]][r])
+                ax.imshow(columns[block[j]][r])
                 if r == 0:
-                    ax.set_title(textwrap.fill(names[k], wrap), fontsize=10)
+                    ax.set_title(textwrap.fill(block[j], wrap), fontsize=10)
                 if j == 0:
                     ax.set_ylabel(row_labels[r], fontsize=10)
     fig.tight_layout()
