@@ -188,3 +188,16 @@ def test_per_grade_scores_skip_small_grades_and_match_pooled_functions(extractor
                                 evaluation.UInt8Images(gen[:4]), feature_extractor=name, cuda=False)
     assert out[0]["fid"] == pytest.approx(pooled["fid"]) and out[0]["kid"] == pytest.approx(pooled["kid"])
     assert out[0]["vendi"] == pytest.approx(evaluation.vendi_score(feats[:4])) and out[0]["n"] == 4
+
+
+def test_the_judge_describes_itself_with_the_accuracy_alignment_is_read_against():
+    from nbsupport.evaluation.judge import Judge
+
+    judge = Judge(torch.nn.Identity(), 64, (0.5,) * 3, (0.5,) * 3, "test_kappa", 0.77, 900,
+                  "the clinic's training split", "pretrained:pocket", "pocket-fundus-vit",
+                  row={"test_accuracy": 0.596})
+    line = judge.describe()
+    assert "on 900 real images" in line and "kappa on the real test images: 0.770" in line
+    assert "accuracy 0.596 (what alignment accuracy is read against)" in line
+    assert "accuracy" not in Judge(torch.nn.Identity(), 64, (0.5,) * 3, (0.5,) * 3, "test_kappa", 0.77, 900,
+                                   "x", "w").describe().split("0.770")[1]       # no row: no claim
