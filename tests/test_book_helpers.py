@@ -415,5 +415,15 @@ def test_yardsticks_judge_a_gap_both_ways():
     spans = yardsticks(True, np.linspace(-0.01, 0.03, 2001))
     assert spans["test_sets_vs_0"] == "spans 0" and not spans["both"] and spans["test_sets"] == "[-0.009, +0.029]"
     assert yardsticks(None, np.linspace(0.01, 0.05, 11))["vs_seeds"] == "one seed"
+    touch = yardsticks(True, np.r_[np.zeros(60), np.linspace(0.01, 0.05, 940)])   # lower end exactly 0
+    assert touch["test_sets_vs_0"] == "touches 0" and not touch["both"] and touch["test_sets"].startswith("[0.000,")
     assert not yardsticks(False, np.linspace(0.01, 0.05, 11))["both"]
     assert set(YARDSTICK_LABELS) <= set(clear)
+
+
+def test_the_profiles_table_says_whose_weights_each_profile_uses():
+    from nbsupport.book.tables import profiles_table
+
+    weights = profiles_table()["weights"].to_dict()
+    assert weights["smoke"] == "tiny, random" and weights["cpu"] == "pocket, pretrained by this book"
+    assert weights["gpu"] == weights["full"] == "pretrained (hub)"

@@ -17,7 +17,12 @@ def profiles_table() -> "Any":
     """The profiles side by side, in the columns a reader chooses by (a pandas DataFrame)."""
     import pandas as pd
 
-    rows = [{"profile": p.name, "weights": "tiny, random" if p.random_weights else "pretrained",
+    def weights(p: Any) -> str:
+        if p.random_weights:
+            return "tiny, random"
+        return "pocket, pretrained by this book" if p.vit.startswith("pocket") else "pretrained (hub)"
+
+    rows = [{"profile": p.name, "weights": weights(p),
              "ViT": p.vit.split(".")[0], "px (ViT / SD)": f"{p.image_size} / {p.sd_resolution}",
              "epochs": p.epochs, "data": f"{p.default_dataset}; {p.sd_dataset}"}
             for p in PROFILES.values()]
@@ -42,7 +47,8 @@ def yardsticks(beyond: bool | None, resampled_gap: np.ndarray) -> dict[str, Any]
 
     Returns:
         ``vs_seeds`` ("beyond", "within", "one seed"), ``test_sets`` (the middle 95% of the
-        resampled gaps, as text), ``test_sets_vs_0`` ("clear of 0" or "spans 0"): a table row, with
+        resampled gaps, as text), ``test_sets_vs_0`` ("clear of 0", "touches 0": an end exactly at 0, or
+        "spans 0"; only "clear of 0" separates): a table row, with
         :data:`YARDSTICK_LABELS` as its column names; and ``interval`` ``(lo, hi)`` and ``both``
         (separated by both yardsticks), for the chapter's own verdicts.
     """
@@ -50,6 +56,7 @@ def yardsticks(beyond: bool | None, resampled_gap: np.ndarray) -> dict[str, Any]
     clear = lo > 0 or hi < 0
     return {"vs_seeds": "one seed" if beyond is None else "beyond" if beyond else "within",
             "test_sets": fmt.interval(lo, hi),
-            "test_sets_vs_0": "clear of 0" if clear else "spans 0",
+            "test_sets_vs_0": ("clear of 0" if clear else
+                               "touches 0" if 0.0 in (lo, hi) else "spans 0"),
             "interval": (lo, hi), "both": bool(beyond) and clear}
 

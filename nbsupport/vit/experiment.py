@@ -28,7 +28,8 @@ from nbsupport.vit.train import TrainConfig, predict, steps_per_epoch, train_cla
 
 __all__ = ["ClassificationData", "Backbone", "make_backbone", "load_classification_data", "load_segmentation_data",
            "build_model", "label_subset",
-           "run_method", "run_seeds", "summarise", "versus", "default_train_config", "predictions_on_test",
+           "run_method", "run_seeds", "summarise", "versus", "difference", "near_threshold",
+           "default_train_config", "predictions_on_test",
            "segmentation_counts_on_test"]
 
 
@@ -396,6 +397,13 @@ def difference(mean_a: float, std_a: float, mean_b: float, std_b: float) -> tupl
     whether the difference exceeds twice it (``None`` with one seed: no estimate of the noise)."""
     d, spread = float(mean_a - mean_b), float(np.hypot(std_a, std_b))
     return d, spread, None if spread != spread else bool(abs(d) > 2 * spread)
+
+
+def near_threshold(d: float, spread: float, margin: float = 0.1) -> bool:
+    """Whether a gap ``d`` lies within ``margin`` (a tenth) of its threshold, twice ``spread``, on
+    either side: the book reads such a gap as not separated, whichever side it falls on (three seeds
+    estimate a spread roughly). False with one seed (``spread`` NaN)."""
+    return spread == spread and abs(abs(d) - 2 * spread) <= margin * 2 * spread
 
 
 def versus(table: "pandas.DataFrame", a: str, b: str, metric: str = "test_kappa") -> str:  # noqa: F821
