@@ -240,11 +240,14 @@ def test_difference_is_the_books_yardstick_and_says_when_one_seed_cannot_tell():
     assert difference(0.68, 0.03, 0.6, 0.04) == (pytest.approx(0.08), pytest.approx(0.05), False)  # 0.08 <= 2 x 0.05
     assert difference(0.4, 0.01, 0.65, 0.006)[2] is True
     assert difference(0.7, float("nan"), 0.6, float("nan"))[2] is None                          # one seed: no noise estimate
-    from nbsupport.vit.experiment import near_threshold
+    from nbsupport.vit.experiment import near_threshold, versus
 
     assert near_threshold(0.0196, 0.0092) and near_threshold(-0.0196, 0.0092)   # 0.0196 vs 0.0184: either sign
     assert near_threshold(0.0170, 0.0092) and not near_threshold(0.0250, 0.0092)
     assert not near_threshold(0.0196, float("nan"))                                 # one seed: no threshold
+    close = pd.DataFrame({"test_kappa": [0.769, 0.7494], "test_kappa_std": [0.006, 0.0072]}, index=["a", "b"])
+    assert versus(close, "a", "b").endswith(
+        "beyond the seed noise, but by less than a tenth of the threshold: not separated (twice the seeds' spread: 0.019)")
     from nbsupport.vit.experiment import versus
 
     t = pd.DataFrame({"test_kappa": [0.68, 0.6], "test_kappa_std": [0.03, 0.04]}, index=["DVPT", "LoRA"])

@@ -59,4 +59,3 @@ def yardsticks(beyond: bool | None, resampled_gap: np.ndarray) -> dict[str, Any]
             "test_sets_vs_0": ("clear of 0" if clear else
                                "touches 0" if 0.0 in (lo, hi) else "spans 0"),
             "interval": (lo, hi), "both": bool(beyond) and clear}
-

@@ -414,6 +414,8 @@ def versus(table: "pandas.DataFrame", a: str, b: str, metric: str = "test_kappa"
     if beyond is None:
         return f"{a} - {b}: {d:+.3f} {name} (one seed: no estimate of the noise)"
     verdict = "beyond the seed noise" if beyond else "within the seed noise"
+    if beyond and near_threshold(d, spread):
+        verdict += ", but by less than a tenth of the threshold: not separated"
     return f"{a} - {b}: {d:+.3f} {name}, {verdict} (twice the seeds' spread: {2 * spread:.3f})"
 
 
