@@ -83,6 +83,9 @@ def test_a_mean_std_column_has_one_number_of_decimals():
     kid = pd.DataFrame({"kid": [0.80, 0.87, 0.004, 0.0], "kid_std": [0.15, 0.14, 0.055, 0.12]})
     assert fmt.table(kid, mean_std=["kid"]).data.iloc[:, 0].tolist() == [   # a small mean is not 0.00
         "0.80 ± 0.15", "0.87 ± 0.14", "0.004 ± 0.055", "0.00 ± 0.12"]
+    quiet = pd.DataFrame({"k": [0.78, 0.70, 0.781], "k_std": [0.15, 0.12, 0.004]})
+    assert fmt.table(quiet, mean_std=["k"]).data["k"].tolist() == [        # a small std is not 0.00 either
+        "0.78 ± 0.15", "0.70 ± 0.12", "0.781 ± 0.004"]
     head = fmt.table(df.rename_axis("m")).to_html().split("<thead>")[1].split("</thead>")[0]
     assert head.count("<tr>") == 1 and ">m</th>" in head                  # the index's name in the one header row
 
@@ -407,17 +410,24 @@ def test_a_page_shows_the_parameters_it_ran_with_once(tmp_path):
 
 def test_yardsticks_judge_a_gap_both_ways():
     from nbsupport.book.tables import YARDSTICK_LABELS, yardsticks
+    from nbsupport.vit.experiment import difference
 
-    clear = yardsticks(True, np.linspace(0.01, 0.05, 2001))            # all resamples above 0
+    beyond, within = difference(0.80, 0.005, 0.77, 0.005), difference(0.78, 0.01, 0.77, 0.01)
+    clear = yardsticks(beyond, np.linspace(0.01, 0.05, 2001))           # all resamples above 0
     assert clear["vs_seeds"] == "beyond" and clear["test_sets_vs_0"] == "clear of 0" and clear["both"]
     assert clear["test_sets"] == "[+0.011, +0.049]"
     assert clear["interval"] == pytest.approx((0.011, 0.049))
-    spans = yardsticks(True, np.linspace(-0.01, 0.03, 2001))
+    spans = yardsticks(beyond, np.linspace(-0.01, 0.03, 2001))
     assert spans["test_sets_vs_0"] == "spans 0" and not spans["both"] and spans["test_sets"] == "[-0.009, +0.029]"
-    assert yardsticks(None, np.linspace(0.01, 0.05, 11))["vs_seeds"] == "one seed"
-    touch = yardsticks(True, np.r_[np.zeros(60), np.linspace(0.01, 0.05, 940)])   # lower end exactly 0
+    assert yardsticks(difference(0.8, float("nan"), 0.7, float("nan")),
+                      np.linspace(0.01, 0.05, 11))["vs_seeds"] == "one seed"
+    touch = yardsticks(beyond, np.r_[np.zeros(60), np.linspace(0.01, 0.05, 940)])   # lower end exactly 0
     assert touch["test_sets_vs_0"] == "touches 0" and not touch["both"] and touch["test_sets"].startswith("[0.000,")
-    assert not yardsticks(False, np.linspace(0.01, 0.05, 11))["both"]
+    assert not yardsticks(within, np.linspace(0.01, 0.05, 11))["both"]
+    # ch03's BitFit against the probe: 0.0196 against a threshold of 0.0184, beyond it by under a tenth:
+    # chapter 3's line calls it not separated, and so must the table and the "both" verdict
+    barely = yardsticks(difference(0.769, 0.0065, 0.7494, 0.0065), np.linspace(0.01, 0.05, 2001))
+    assert barely["vs_seeds"] == "barely beyond" and not barely["both"]
     assert set(YARDSTICK_LABELS) <= set(clear)
 
 

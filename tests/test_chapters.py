@@ -226,6 +226,10 @@ def test_chapter03_every_method_ran(built_book):
     assert summary.metrics["linear_random_init"] is None          # smoke: the backbone is random already
     findings = summary.metrics["findings"]
     assert 5 <= len(findings) <= 6 and findings[-1].startswith("Best mean Kappa: ")   # 4 DVPT comparisons (+ best vs DVPT)
+    gaps = summary.metrics["paired_bootstrap"]                   # gap -> its verdicts by both yardsticks
+    assert gaps and {g["vs_seeds"] for g in gaps.values()} <= {"beyond", "barely beyond", "within", "one seed"}
+    for g in summary.metrics["separated_by_both"]:               # only "beyond", never "barely beyond", separates
+        assert gaps[g]["vs_seeds"] == "beyond" and gaps[g]["test_sets_vs_0"] == "clear of 0"
 
 
 @pytest.mark.notebooks
@@ -275,6 +279,9 @@ def test_chapter07_scores_every_generator(built_book):
         assert 1.0 <= row["vendi_features"] <= 8.0 + 1e-6 and 1.0 <= row["vendi_pixels"] <= 8.0 + 1e-6
         assert 0.0 <= row["align_accuracy"] <= 1.0
     assert rec.metrics["noise_floor"]["fid"] >= 0
+    n_cmp = rec.metrics["real_vendi_at_n"]["n"]                  # Vendi compared at one N on both sides
+    assert 1 <= n_cmp <= 8 and set(rec.metrics["vendi_at_n"]) == set(scores)
+    assert 0.0 <= rec.metrics["judge_reference_accuracy"] <= 1.0
     assert "pocket ViT" in rec.metrics["fid_extractor"] and rec.metrics["judge"]["method"] == "full"
 
 

@@ -180,6 +180,12 @@ def test_csv_patient_grouped_split_is_disjoint(tmp_path):
     assert all(by_split.values())
     assert not (by_split["train"] & by_split["test"]) and not (by_split["train"] & by_split["val"])
     assert not (by_split["val"] & by_split["test"])
+    from nbsupport.vit.experiment import patient_groups
+
+    test = build_dataset(m, "test", image_size=16)
+    groups = patient_groups(test)                      # the test-set bootstrap draws these patients
+    assert groups == [it.patient for it in test.items] and len(set(groups)) == len(groups) // 4
+    assert patient_groups(build_dataset("fundus-procedural", "test", limit=10, image_size=16)) is None
 
 
 def test_csv_label_column_absent(tmp_path):

@@ -108,6 +108,18 @@ def test_alignment_f1_averages_over_the_prompted_grades_only():
     assert multi["per_class_metric"] == "AUC"
 
 
+def test_alignment_reference_weighs_the_judge_by_the_prompts_grades():
+    real_labels = [0] * 6 + [1] * 2 + [2] * 2                 # the test set: mostly grade 0
+    judged = [0] * 6 + [1, 0] + [0, 0]                        # right on grade 0, half on 1, never on 2
+    probs = np.eye(3)[judged]
+    assert (np.eye(3)[judged].argmax(1) == real_labels).mean() == 0.7      # over the test set as drawn
+    assert evaluation.alignment_reference(probs, real_labels, [0, 1, 2, 2], 3) == pytest.approx(
+        (1.0 + 0.5 + 2 * 0.0) / 4)                            # the prompts ask mostly for grade 2
+    assert evaluation.alignment_reference(probs, real_labels, [0, 3, 3], 4) == 1.0  # no real grade 3: left out
+    with pytest.raises(ValueError, match="no prompted grade has a real image"):
+        evaluation.alignment_reference(probs, real_labels, [3], 4)
+
+
 def test_kid_std_comes_from_varying_subsets(extractor):
     name, _ = extractor
     real, fake = evaluation.UInt8Images(images(0, 20)), evaluation.UInt8Images(images(700, 20, grade=3))
@@ -190,7 +202,7 @@ def test_per_grade_scores_skip_small_grades_and_match_pooled_functions(extractor
     assert out[0]["vendi"] == pytest.approx(evaluation.vendi_score(feats[:4])) and out[0]["n"] == 4
 
 
-def test_the_judge_describes_itself_with_the_accuracy_alignment_is_read_against():
+def test_the_judge_describes_itself_with_its_accuracy():
     from nbsupport.evaluation.judge import Judge
 
     judge = Judge(torch.nn.Identity(), 64, (0.5,) * 3, (0.5,) * 3, "test_kappa", 0.77, 900,
@@ -198,6 +210,6 @@ def test_the_judge_describes_itself_with_the_accuracy_alignment_is_read_against(
                   row={"test_accuracy": 0.596})
     line = judge.describe()
     assert "on 900 real images" in line and "kappa on the real test images: 0.770" in line
-    assert "accuracy 0.596 (what alignment accuracy is read against)" in line
+    assert line.endswith("accuracy 0.596")
     assert "accuracy" not in Judge(torch.nn.Identity(), 64, (0.5,) * 3, (0.5,) * 3, "test_kappa", 0.77, 900,
                                    "x", "w").describe().split("0.770")[1]       # no row: no claim

@@ -238,7 +238,7 @@ def test_a_changed_decoder_is_a_new_run_not_a_resumed_one(tmp_path):
 
 
 def test_paired_bootstrap_dice_resamples_images_and_pools_their_pixels():
-    from nbsupport.vit.metrics import bootstrap_indices
+    from nbsupport.vit.metrics import bootstrap_counts
     from nbsupport.vit.segmentation import image_counts, paired_bootstrap_dice, pooled_dice
 
     rng = np.random.default_rng(1)
@@ -253,10 +253,14 @@ def test_paired_bootstrap_dice_resamples_images_and_pools_their_pixels():
     assert np.array_equal(out["good"], out["same"]) and np.allclose(out["good"], out["two seeds"])  # paired
     assert (out["good"] > out["bad"]).all()
     # resample 0 by hand: draw the same images, pool their pixels, score them as one test set
-    idx = bootstrap_indices(40, 300, seed=0)[0]                # the same draws as the Kappa bootstrap's
+    idx = np.repeat(np.arange(40), bootstrap_counts(40, 300, seed=0)[0])   # the Kappa bootstrap's draws
     assert out["bad"][0] == pytest.approx(dice_iou(bad[idx], target[idx])["dice"])
     lo, hi = np.percentile(out["good"] - out["bad"], [2.5, 97.5])
     assert 0 < lo < hi
+    eyes = np.arange(40) // 2                                  # by patient: two eyes drawn together
+    grouped = paired_bootstrap_dice(counts, n_resamples=300, seed=0, groups=eyes)
+    idx = np.repeat(np.arange(40), bootstrap_counts(40, 300, seed=0, groups=eyes)[5])
+    assert grouped["bad"][5] == pytest.approx(dice_iou(bad[idx], target[idx])["dice"])
     with pytest.raises(ValueError, match="different numbers of test images or kinds"):
         paired_bootstrap_dice({"a": counts["good"], "b": counts["bad"][:39]})
     with pytest.raises(ValueError, match="different numbers of test images or kinds"):

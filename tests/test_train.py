@@ -6,13 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sklearn.metrics import cohen_kappa_score
+from sklearn.metrics import cohen_kappa_score, f1_score
 
 from nbsupport.vit import methods
 from nbsupport.vit.backbones import create_vit
 from nbsupport.data.datasets import build_dataset
-from nbsupport.vit.metrics import (bootstrap_indices, classification_metrics, paired_bootstrap_kappa,
-                                  quadratic_weighted_kappa, quadratic_weighted_kappa_rows)
+from nbsupport.vit.metrics import (bootstrap_counts, classification_metrics, multilabel_metrics,
+                                  paired_bootstrap_kappa, quadratic_weighted_kappa, quadratic_weighted_kappa_rows)
 from nbsupport.vit.train import TrainConfig, train_classifier
 
 
@@ -57,12 +57,32 @@ def test_paired_bootstrap_resamples_the_test_set_once_for_every_method():
     assert lo > 0                                               # a large gap stays clear of 0
     again = paired_bootstrap_kappa(y, {"good": good}, 5, n_resamples=500, seed=0)
     assert np.array_equal(again["good"], out["good"])           # seeded
-    idx = bootstrap_indices(300, 500, seed=0)[7]                # resample 7 by hand
+    idx = np.repeat(np.arange(300), bootstrap_counts(300, 500, seed=0)[7])    # resample 7 by hand
     assert out["noisy"][7] == pytest.approx(np.mean([quadratic_weighted_kappa(y[idx], s[idx], 5) for s in noisy]))
     with pytest.raises(ValueError, match=r"predictions\['short'\] has 299 images per seed, the labels 300"):
         paired_bootstrap_kappa(y, {"short": good[:, :299]}, 5)
     with pytest.raises(ValueError, match="at least one image and one resample, got n=0"):
-        bootstrap_indices(0, 10)
+        bootstrap_counts(0, 10)
+
+
+def test_bootstrap_by_patient_draws_both_eyes_together():
+    plain = bootstrap_counts(6, 400, seed=3)
+    assert plain.shape == (400, 6) and (plain.sum(1) == 6).all()                 # n images per resample
+    assert np.array_equal(bootstrap_counts(6, 400, seed=3, groups=list("abcdef")), plain)   # own groups: the same
+    eyes = ["p1", "p1", "p2", "p3", "p3", "p4"]                                  # patients p1 and p3: two eyes each
+    by_patient = bootstrap_counts(6, 400, seed=3, groups=eyes)
+    assert np.array_equal(by_patient[:, 0], by_patient[:, 1]) and np.array_equal(by_patient[:, 3], by_patient[:, 4])
+    assert (by_patient[:, [0, 2, 3, 5]].sum(1) == 4).all()                        # 4 patient draws per resample
+    assert not np.array_equal(plain[:, 0], plain[:, 1])                          # images alone: drawn apart
+    with pytest.raises(ValueError, match="groups has 5 entries for 6 images"):
+        bootstrap_counts(6, 10, groups=eyes[:5])
+    # a patient's eyes agree with each other: drawing them apart understates the test set's noise
+    rng = np.random.default_rng(0)
+    y = np.repeat(rng.integers(0, 5, 150), 2)                                    # [300]: 150 patients, 2 eyes
+    pred = np.repeat(np.where(rng.random(150) < 0.6, y[::2], rng.integers(0, 5, 150)), 2)
+    wide = paired_bootstrap_kappa(y, {"m": pred}, 5, n_resamples=800, seed=0, groups=np.arange(300) // 2)["m"]
+    narrow = paired_bootstrap_kappa(y, {"m": pred}, 5, n_resamples=800, seed=0)["m"]
+    assert wide.std() > 1.2 * narrow.std()
 
 
 def test_classification_metrics_perfect():
@@ -70,6 +90,23 @@ def test_classification_metrics_perfect():
     probs = np.eye(5)[y]
     m = classification_metrics(y, probs, 5)
     assert m == {"accuracy": 1.0, "kappa": pytest.approx(1.0), "auc": 1.0, "f1": 1.0}
+    three = np.array([0, 1, 2, 0])                   # grades 3 and 4 neither held nor predicted: no F1 to average
+    assert classification_metrics(three, np.eye(5)[three], 5)["f1"] == 1.0
+    pred = np.array([0, 1, 1, 3])                    # a wrong grade 3 counts (sklearn's default label set)
+    assert classification_metrics(three, np.eye(5)[pred], 5)["f1"] == pytest.approx(
+        f1_score(three, pred, average="macro", zero_division=0))
+
+
+def test_multilabel_f1_skips_findings_nobody_has():
+    y = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0]])
+    assert multilabel_metrics(y, y * 0.9)["f1"] == 1.0                           # finding 3: absent, never predicted
+
+
+def test_kappa_refuses_grades_outside_its_classes():
+    with pytest.raises(ValueError, match=r"y_pred holds grade 3, outside 0..2 \(num_classes=3\)"):
+        quadratic_weighted_kappa([0, 1, 2, 0], [0, 1, 2, 3], 3)
+    with pytest.raises(ValueError, match="y_true holds grade -1"):
+        quadratic_weighted_kappa([-1, 1], [0, 1], 3)
 
 
 def data(n_train=24):
@@ -245,6 +282,11 @@ def test_difference_is_the_books_yardstick_and_says_when_one_seed_cannot_tell():
     assert near_threshold(0.0196, 0.0092) and near_threshold(-0.0196, 0.0092)   # 0.0196 vs 0.0184: either sign
     assert near_threshold(0.0170, 0.0092) and not near_threshold(0.0250, 0.0092)
     assert not near_threshold(0.0196, float("nan"))                                 # one seed: no threshold
+    from nbsupport.vit.experiment import seed_verdict
+
+    assert [seed_verdict(*difference(*ab)) for ab in [(0.80, 0.005, 0.77, 0.005), (0.769, 0.006, 0.7494, 0.0072),
+                                                       (0.78, 0.01, 0.77, 0.01), (0.8, float("nan"), 0.7, float("nan"))]
+            ] == ["beyond", "barely beyond", "within", "one seed"]
     close = pd.DataFrame({"test_kappa": [0.769, 0.7494], "test_kappa_std": [0.006, 0.0072]}, index=["a", "b"])
     assert versus(close, "a", "b").endswith(
         "beyond the seed noise, but by less than a tenth of the threshold: not separated (twice the seeds' spread: 0.019)")

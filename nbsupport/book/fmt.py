@@ -151,9 +151,12 @@ def _column_decimals(stds: Iterable[Any]) -> int | None:
 
 
 def _row_decimals(mean: Any, std: Any, column: int | None) -> int | None:
-    """The column's decimals, unless they would print a non-zero mean as ``0.00``: then the row's
-    own (``0.004 ± 0.055`` in a column of ``0.80 ± 0.15``, not ``0.00 ± 0.05``)."""
-    if column is None or _missing(mean) or mean == 0 or abs(float(mean)) >= 0.5 * 10.0**-column:
+    """The column's decimals, unless they would print a non-zero mean or std as ``0.00``: then the
+    row's own (``0.004 ± 0.055`` in a column of ``0.80 ± 0.15``, not ``0.00 ± 0.05``; ``0.780 ±
+    0.004``, not ``0.78 ± 0.00``, which would read as no noise at all)."""
+    def vanishes(v: Any) -> bool:
+        return not _missing(v) and v != 0 and abs(float(v)) < 0.5 * 10.0**-column
+    if column is None or not (vanishes(mean) or vanishes(std)):
         return column
     own = _std_decimals(std)
     return column if own is None else max(column, own)

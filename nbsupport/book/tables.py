@@ -35,27 +35,31 @@ YARDSTICK_LABELS: dict[str, str] = {"vs_seeds": "seeds: gap vs 2 × spread",
                                     "test_sets_vs_0": "test sets: interval vs 0"}
 
 
-def yardsticks(beyond: bool | None, resampled_gap: np.ndarray) -> dict[str, Any]:
+def yardsticks(seeds: tuple[float, float, bool | None], resampled_gap: np.ndarray) -> dict[str, Any]:
     """One gap between two methods judged as chapters 3 and 9 judge it, by both yardsticks.
 
     Args:
-        beyond: whether the gap exceeds twice the seeds' spread
-            (:func:`nbsupport.vit.experiment.difference`; None with one seed).
+        seeds: the gap judged by the seeds' spread, ``(gap, spread, beyond)`` of
+            :func:`nbsupport.vit.experiment.difference`.
         resampled_gap: ``[R]`` the gap on each paired bootstrap resample of the test images
             (``out[a] - out[b]`` of :func:`nbsupport.vit.metrics.paired_bootstrap_kappa` or
             :func:`nbsupport.vit.segmentation.paired_bootstrap_dice`).
 
     Returns:
-        ``vs_seeds`` ("beyond", "within", "one seed"), ``test_sets`` (the middle 95% of the
+        ``vs_seeds`` (:func:`nbsupport.vit.experiment.seed_verdict`: "beyond", "barely beyond",
+        "within", "one seed"; only "beyond" separates), ``test_sets`` (the middle 95% of the
         resampled gaps, as text), ``test_sets_vs_0`` ("clear of 0", "touches 0": an end exactly at 0, or
         "spans 0"; only "clear of 0" separates): a table row, with
         :data:`YARDSTICK_LABELS` as its column names; and ``interval`` ``(lo, hi)`` and ``both``
         (separated by both yardsticks), for the chapter's own verdicts.
     """
+    from nbsupport.vit.experiment import seed_verdict
+
     lo, hi = (float(v) for v in np.percentile(resampled_gap, [2.5, 97.5]))
     clear = lo > 0 or hi < 0
-    return {"vs_seeds": "one seed" if beyond is None else "beyond" if beyond else "within",
+    vs_seeds = seed_verdict(*seeds)
+    return {"vs_seeds": vs_seeds,
             "test_sets": fmt.interval(lo, hi),
             "test_sets_vs_0": ("clear of 0" if clear else
                                "touches 0" if 0.0 in (lo, hi) else "spans 0"),
-            "interval": (lo, hi), "both": bool(beyond) and clear}
+            "interval": (lo, hi), "both": vs_seeds == "beyond" and clear}

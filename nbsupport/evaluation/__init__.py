@@ -3,7 +3,7 @@
 Sits above ``vit`` and ``sd``: the domain extractor and the alignment judge are classifiers.
 """
 
-from nbsupport.evaluation.alignment import alignment, classifier_features, clip_score
+from nbsupport.evaluation.alignment import alignment, alignment_reference, classifier_features, clip_score
 from nbsupport.evaluation.diversity import pixel_features, vendi_score
 from nbsupport.evaluation.fidelity import (
     UInt8Images,
@@ -17,4 +17,4 @@ from nbsupport.evaluation.fidelity import (
 from nbsupport.evaluation.judge import Judge, train_judge
 
 __all__ = ["UInt8Images", "register_domain_extractor", "reference_extractor", "uint8_images", "Judge", "train_judge", "fid_kid", "fid_from_features", "per_grade_scores",
-           "vendi_score", "pixel_features", "classifier_features", "alignment", "clip_score"]
+           "vendi_score", "pixel_features", "classifier_features", "alignment", "alignment_reference", "clip_score"]

@@ -14,7 +14,7 @@ from torch import nn
 
 from nbsupport.vit.metrics import classification_metrics, multilabel_metrics
 
-__all__ = ["classifier_features", "alignment", "clip_score"]
+__all__ = ["classifier_features", "alignment", "alignment_reference", "clip_score"]
 
 
 @torch.no_grad()
@@ -66,6 +66,33 @@ def alignment(probs: np.ndarray, prompted: Sequence[Any], num_classes: int) -> d
     out["per_class_score"] = {c: float((pred[y == c] == c).mean()) for c in present}
     out["per_class_metric"] = "accuracy"
     return out
+
+
+def alignment_reference(real_probs: np.ndarray, real_labels: Sequence[int], prompted: Sequence[int],
+                        num_classes: int) -> float:
+    """The alignment accuracy of images the judge reads exactly as it reads real ones: its accuracy
+    on the real images of each grade, weighted by how often the prompts ask for that grade.
+
+    This, not the judge's accuracy over the test set as drawn, is what a generator's alignment
+    accuracy is read against: the prompts' mix of grades differs from the test set's, and the judge
+    is better on some grades than others. Grades the prompts ask for but no real image shows are
+    left out of the weights.
+
+    Args:
+        real_probs: ``[M, K]`` the judge's probabilities on real images.
+        real_labels: ``[M]`` their grades.
+        prompted: ``[N]`` the grade each generated image's prompt asked for.
+        num_classes: ``K``.
+    """
+    y = np.asarray(real_labels, dtype=int)
+    hit = np.asarray(real_probs).argmax(1) == y                                       # [M]
+    asked = np.bincount(np.asarray(prompted, dtype=int), minlength=num_classes)     # [K]
+    shown = np.bincount(y, minlength=num_classes)                                    # [K]
+    recall = np.bincount(y, weights=hit, minlength=num_classes) / np.maximum(shown, 1)
+    weight = np.where(shown > 0, asked, 0)
+    if weight.sum() == 0:
+        raise ValueError("alignment_reference: no prompted grade has a real image to compare with")
+    return float((weight * recall).sum() / weight.sum())
 
 
 def clip_score(images: Sequence[np.ndarray], prompts: Sequence[str], model_id: str = "openai/clip-vit-base-patch32",

@@ -63,11 +63,10 @@ class Judge:
 
     def describe(self) -> str:
         """One line for the page: what the judge is, what it learnt from, how good it is on real images."""
-        accuracy = self.row.get("test_accuracy")            # the ceiling for alignment accuracy
+        accuracy = self.row.get("test_accuracy")      # over the test set as drawn, not the prompts' grade mix
         return (f"{JUDGE_METHOD} fine-tuning of {self.backbone} ({self.weights}) on {self.n_train} real images, "
                 f"{self.source}. Its own {self.score_name.removeprefix('test_')} on the real test images: "
-                f"{self.test_score:.3f}"
-                + ("" if accuracy is None else f", accuracy {accuracy:.3f} (what alignment accuracy is read against)"))
+                f"{self.test_score:.3f}" + ("" if accuracy is None else f", accuracy {accuracy:.3f}"))
 
     def predict(self, images: Sequence[np.ndarray], device: torch.device | str = "cpu",
                 multi_label: bool = False) -> tuple[np.ndarray, np.ndarray]:

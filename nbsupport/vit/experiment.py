@@ -28,8 +28,8 @@ from nbsupport.vit.train import TrainConfig, predict, steps_per_epoch, train_cla
 
 __all__ = ["ClassificationData", "Backbone", "make_backbone", "load_classification_data", "load_segmentation_data",
            "build_model", "label_subset",
-           "run_method", "run_seeds", "summarise", "versus", "difference", "near_threshold",
-           "default_train_config", "predictions_on_test",
+           "run_method", "run_seeds", "summarise", "versus", "difference", "near_threshold", "seed_verdict",
+           "default_train_config", "predictions_on_test", "patient_groups",
            "segmentation_counts_on_test"]
 
 
@@ -368,8 +368,9 @@ SEGMENTATION_SCORES = ("test_dice", "test_iou")
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> "pandas.DataFrame":  # noqa: F821
-    """One line per label: test metrics as mean and ``_std`` over seeds (std is NaN for one seed),
-    ``seeds`` (how many), trainable parameters, checkpoint bytes, mean step time, peak memory and
+    """One line per label: test metrics as mean and ``_std`` over seeds (the sample std, ``n - 1``
+    in the denominator; NaN for one seed; a NaN score, such as AUC on a test split with one class,
+    is left out of its mean), ``seeds`` (how many runs), trainable parameters, checkpoint bytes, mean step time, peak memory and
     the learning rate used (``lr``, when the rows say). Segmentation rows: Dice and IoU."""
     import pandas as pd
 
@@ -406,16 +407,29 @@ def near_threshold(d: float, spread: float, margin: float = 0.1) -> bool:
     return spread == spread and abs(abs(d) - 2 * spread) <= margin * 2 * spread
 
 
+def seed_verdict(d: float, spread: float, beyond: bool | None) -> str:
+    """The seeds' yardstick in one word, from :func:`difference`'s ``(d, spread, beyond)``:
+    ``"beyond"`` (separated), ``"barely beyond"`` (beyond twice the spread by less than a tenth of
+    it, :func:`near_threshold`: not separated), ``"within"`` or ``"one seed"``. Only ``"beyond"``
+    separates; every verdict the book prints from the seeds goes through here."""
+    if beyond is None:
+        return "one seed"
+    if not beyond:
+        return "within"
+    return "barely beyond" if near_threshold(d, spread) else "beyond"
+
+
 def versus(table: "pandas.DataFrame", a: str, b: str, metric: str = "test_kappa") -> str:  # noqa: F821
     """One sentence comparing rows ``a`` and ``b`` of a :func:`summarise` table with :func:`difference`."""
     d, spread, beyond = difference(table.loc[a, metric], table.loc[a, f"{metric}_std"],
                                    table.loc[b, metric], table.loc[b, f"{metric}_std"])
     name = {"test_kappa": "Kappa", "test_dice": "Dice", "test_iou": "IoU"}.get(metric, metric)
-    if beyond is None:
+    word = seed_verdict(d, spread, beyond)
+    if word == "one seed":
         return f"{a} - {b}: {d:+.3f} {name} (one seed: no estimate of the noise)"
-    verdict = "beyond the seed noise" if beyond else "within the seed noise"
-    if beyond and near_threshold(d, spread):
-        verdict += ", but by less than a tenth of the threshold: not separated"
+    verdict = {"beyond": "beyond the seed noise", "within": "within the seed noise",
+               "barely beyond": "beyond the seed noise, but by less than a tenth of the threshold: "
+                                "not separated"}[word]
     return f"{a} - {b}: {d:+.3f} {name}, {verdict} (twice the seeds' spread: {2 * spread:.3f})"
 
 
@@ -476,6 +490,15 @@ def _check_rescore(row: dict[str, Any], metric: str, now: float, recorded: float
         raise RuntimeError(f"{row.get('record', row['checkpoint'])}: its checkpoint scores test {metric} {now:.4f} "
                            f"now, the run recorded {recorded:.4f}; the checkpoint or the test split "
                            "changed since. Re-run the method (delete the checkpoint to retrain it).")
+
+
+def patient_groups(ds: Dataset) -> list[Any] | None:
+    """Each image's patient, for a bootstrap that draws patients rather than images
+    (:func:`nbsupport.vit.metrics.bootstrap_counts`): ``[N]``, an image without a patient id its own
+    group; None when no two images share a patient (procedural eyes, a manifest without
+    ``patient_column``): then drawing images is drawing patients."""
+    keys = [("image", i) if k is None else k for i, k in enumerate(item_keys(ds, by="patient"))]
+    return keys if len(set(keys)) < len(keys) else None
 
 
 def segmentation_counts_on_test(rows: Sequence[dict[str, Any]], backbone: Backbone, data: ClassificationData,

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .metrics import bootstrap_indices
+from .metrics import bootstrap_counts
 
 __all__ = ["PatchDecoder", "SegmentationModel", "segmentation_loss", "dice_iou", "SegmentationCounts", "image_counts",
            "pooled_dice", "paired_bootstrap_dice"]
@@ -217,7 +217,7 @@ def pooled_dice(counts: np.ndarray) -> np.ndarray:
 
 
 def paired_bootstrap_dice(counts: Mapping[str, np.ndarray], n_resamples: int = 2000,
-                          seed: int = 0) -> dict[str, np.ndarray]:
+                          seed: int = 0, groups: Sequence[Any] | None = None) -> dict[str, np.ndarray]:
     """How much the test set's own sampling moves each method's Dice: ``n_resamples`` resamples of
     the test images (with replacement), the *same* resamples for every method, each scored as the
     chapters score a test set (pixels pooled over the images, Dice per class, mean over classes).
@@ -225,6 +225,8 @@ def paired_bootstrap_dice(counts: Mapping[str, np.ndarray], n_resamples: int = 2
     Args:
         counts: method -> ``[S, N, K, 3]`` per-image counts of its ``S`` seeds (:func:`image_counts`;
             ``[N, K, 3]``: one seed), every method on the same ``N`` test images in the same order.
+        groups: ``[N]`` each test image's patient, to draw patients rather than images
+            (:func:`nbsupport.vit.metrics.bootstrap_counts`); None: images.
 
     Returns:
         method -> ``[n_resamples]`` mean-over-seeds Dice on each resample; the 2.5th and 97.5th
@@ -245,9 +247,7 @@ def paired_bootstrap_dice(counts: Mapping[str, np.ndarray], n_resamples: int = 2
         raise ValueError(f"counts cover different numbers of test images or kinds {shapes} (images, kinds): "
                          "give every method's counts on the same test split, in its order")
     n = next(iter(shapes.values()))[0]
-    idx = bootstrap_indices(n, n_resamples, seed)                                     # [R, N]
-    times = np.zeros((n_resamples, n))                      # how often each image is drawn: [R, N]
-    np.add.at(times, (np.arange(n_resamples)[:, None], idx), 1)
+    times = bootstrap_counts(n, n_resamples, seed, groups).astype(np.float64)   # how often each image is drawn: [R, N]
     out = {}
     for name, a in arrays.items():                           # a: [S, N, K, 3]
         pooled = [(times @ s.reshape(n, -1)).reshape(n_resamples, *s.shape[1:]) for s in a]  # [R, K, 3]
