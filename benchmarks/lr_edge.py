@@ -6,9 +6,11 @@ method once more per extra factor, with the rule's own seed, budget and validati
 records the whole grid, so a page can say whether the edge hid a better rate.
 
     python benchmarks/lr_edge.py --profile cpu --factors 1 3 10 30 100
+    python benchmarks/lr_edge.py --profile cpu --dataset my-fundus      # your own manifest
 
 Runs already in the cache (``$NBSUPPORT_CACHE``) are reused, so the grid's own factors cost nothing
-after a book build. Writes ``benchmarks/results/lr_edge-<device>-<profile>.json``.
+after a book build. Writes ``benchmarks/results/lr_edge-<device>-<profile>[-<dataset>].json`` (the
+dataset named when it is not the profile's default).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nbsupport.core.env import describe_device, library_versions, pick_device  # noqa: E402
 from nbsupport.core.profiles import get_profile  # noqa: E402
 from nbsupport.core.records import git_commit, write_benchmark  # noqa: E402
+from nbsupport.data.manifests import load_manifest  # noqa: E402
 from nbsupport.vit import experiment, methods  # noqa: E402
 
 METHODS = ["linear", "full", "vpt_shallow", "vpt_deep", "lora", "adaptformer", "bitfit", "ssf", "dvpt"]
@@ -32,6 +35,7 @@ METHODS = ["linear", "full", "vpt_shallow", "vpt_deep", "lora", "adaptformer", "
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--dataset", default=None, help="a manifest name or path; default: the profile's dataset")
     ap.add_argument("--factors", type=float, nargs="+", default=[1, 3, 10, 30, 100],
                     help="multiples of each method's registry rate (include the profile's own)")
     ap.add_argument("--methods", nargs="+", default=METHODS)
@@ -42,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     if not set(prof.lr_factors) <= set(args.factors):
         ap.error(f"--factors {args.factors} must include profile {prof.name!r}'s own {list(prof.lr_factors)}")
     device = pick_device()
-    bb = experiment.make_backbone(prof.name, num_classes=5, seed=args.seed)
-    data = experiment.load_classification_data(prof.default_dataset, prof.name, bb)
+    dataset = args.dataset or prof.default_dataset
+    bb = experiment.make_backbone(prof.name, num_classes=len(load_manifest(dataset).classes), seed=args.seed)
+    data = experiment.load_classification_data(dataset, prof.name, bb)
     rows = []
     for m in methods.check_names(args.methods):
         t0 = time.perf_counter()
@@ -56,11 +61,12 @@ def main(argv: list[str] | None = None) -> int:
                      "best_factor": best / base, "edge_hid_better": best / base > max(prof.lr_factors)})
         print(f"{m:12s} " + "  ".join(f"x{f}: {s:.3f}" for f, s in scores.items()) + f"  ({time.perf_counter() - t0:.0f} s)")
     dev = describe_device(device)["name"]
-    out = {"benchmark": "lr_edge", "device": dev, "profile": prof.name, "dataset": prof.default_dataset,
+    out = {"benchmark": "lr_edge", "device": dev, "profile": prof.name, "dataset": data.dataset,
            "weights": bb.weights, "backbone": bb.name, "rule_factors": list(prof.lr_factors), "factors": args.factors,
            "seed": args.seed, "score": "best validation score", "commit": git_commit(), "versions": library_versions(),
            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "results": rows}
-    write_benchmark(args.out, "lr_edge", dev, f"-{prof.name}", out)
+    tag = "" if data.dataset == prof.default_dataset else f"-{data.dataset}"
+    write_benchmark(args.out, "lr_edge", dev, f"-{prof.name}{tag}", out)
     return 0
 
 

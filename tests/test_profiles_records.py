@@ -81,7 +81,7 @@ def test_chapter_object_sets_up_and_writes_the_record(capsys):
     assert (random.random(), torch.rand(1).item()) == a          # seeded alike
     assert ch.dataset == get_profile("smoke").default_dataset and ch.device.type == "cpu"
     assert book.start("xx", "smoke", task="text-to-image", show=False).dataset == get_profile("smoke").sd_dataset
-    assert ch.provenance.startswith("profile smoke | device CPU") and "torch " in ch.provenance
+    assert ch.provenance.startswith("profile smoke | data fundus-procedural | device CPU") and "torch " in ch.provenance
     assert ch.finish(weights="random", metrics={"x": 1.5}, params={"k": 2}) is None   # nothing echoed
     path = ch.record_path
     rec = records.read_record(path)
@@ -89,3 +89,19 @@ def test_chapter_object_sets_up_and_writes_the_record(capsys):
     assert rec.wall_time_s is not None and rec.device["type"] == "cpu"
     assert f"run record: {path.name}" in capsys.readouterr().out
     assert ch.generated_dir("eval", "lora").parts[-5:] == ("generated", "smoke", "fundus-procedural", "eval", "lora")
+
+
+def test_the_banner_says_when_a_run_used_other_data_than_the_prose_describes(monkeypatch):
+    import IPython.display
+
+    from nbsupport import book
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj.data))
+    ch = book.start("xx_demo", "smoke", dataset="fundus-clinic", show=True)
+    assert "| data fundus-clinic |" in ch.provenance
+    assert "**Your data, `fundus-clinic`:**" in shown[-1] and "(`fundus-procedural` at this profile)" in shown[-1]
+    book.start("xx_demo", "smoke", show=True)                              # the default: nothing to say
+    assert "Your data" not in shown[-1]
+    book.start("xx_demo", "smoke", dataset="all", task="none", show=True)   # a page that reads records
+    assert "Your data" not in shown[-1] and "| data" not in shown[-1]

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from nbsupport.data import fundus
-from nbsupport.data.datasets import DataError, build_dataset
+from nbsupport.data.datasets import DataError, build_dataset, verify
 from nbsupport.vit import methods
 from nbsupport.vit.segmentation import SegmentationModel, dice_iou, segmentation_loss
 
@@ -156,8 +156,10 @@ def test_bad_mask_pairs_are_named(tmp_path):
     for i in range(4):
         write_pair(noisy, f"n{i}", m)
     ds = build_dataset(pairs_manifest(noisy, {"lesion": 255}), "train", task="segmentation", image_size=16)
-    with pytest.raises(DataError, match=r"values \[37\].*mask_tolerance"):
-        ds[0]
+    with pytest.raises(DataError, match=r"field 'source.mask_map': .*values \[37\].*mask_tolerance"):
+        ds[0]                                      # the field as the manifest spells it (no 'layout' here)
+    with pytest.raises(DataError, match=r"n0.png: field 'source.mask_map'"):
+        verify(pairs_manifest(noisy, {"lesion": 255}))       # `nbsupport data verify` opens every mask too
     assert build_dataset(pairs_manifest(noisy, {"lesion": 255}, mask_tolerance=40), "train",
                          task="segmentation", image_size=16)[0][1].sum() == 0
     orphan = tmp_path / "o"
@@ -174,6 +176,22 @@ def test_misaligned_pair_is_refused(tmp_path):
     ds = build_dataset(pairs_manifest(tmp_path, {"lesion": 255}), "train", task="segmentation", image_size=16)
     with pytest.raises(DataError, match="mask is 16x8 but its image is 16x16: a misaligned pair"):
         ds[0]
+    with pytest.raises(DataError, match="field 'source.masks': mask is 16x8"):
+        verify(pairs_manifest(tmp_path, {"lesion": 255}))
+
+
+def test_a_pairs_set_has_a_fingerprint_that_follows_its_masks(tmp_path):
+    from nbsupport.data.fingerprint import fingerprint
+
+    m = np.zeros((16, 16), np.uint8)
+    for i in range(4):
+        write_pair(tmp_path, f"p{i}", m)
+    manifest = pairs_manifest(tmp_path, {"lesion": 255})
+    before = fingerprint(build_dataset(manifest, "train", task="segmentation", image_size=16))   # targets: None
+    m[4:8, 4:8] = 255                                           # an edited mask is new labels
+    for i in range(4):
+        Image.fromarray(m, "L").save(tmp_path / "masks" / f"p{i}.png")
+    assert fingerprint(build_dataset(manifest, "train", task="segmentation", image_size=16)) != before
 
 
 @pytest.mark.parametrize("name, images, masks, mask_name, kind", [

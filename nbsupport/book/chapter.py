@@ -23,9 +23,10 @@ __all__ = ["Chapter", "start", "provenance_line"]
 Task = Literal["classification", "text-to-image", "generated-images", "none"]
 
 
-def provenance_line(profile: Profile, device: torch.device, task: str = "classification") -> str:
-    """One line for the page: profile, device, the weights the profile uses, and the versions that
-    decide the numbers."""
+def provenance_line(profile: Profile, device: torch.device, task: str = "classification",
+                    dataset: str | None = None) -> str:
+    """One line for the page: profile, data (the manifest's name, or a manifest file's name),
+    device, the weights the profile uses, and the versions that decide the numbers."""
     v = library_versions()
     libs = ", ".join(f"{k} {v[k]}" for k in ("torch", "timm", "peft", "diffusers", "nbsupport") if v.get(k))
     commit = (records.git_commit() or "")[:10]
@@ -40,7 +41,8 @@ def provenance_line(profile: Profile, device: torch.device, task: str = "classif
             weights = f"{weights.split(' (')[0]} (its images), {profile.vit} (the ViTs that read them)"
     else:
         weights = profile.vit
-    return (f"profile {profile.name} | device {describe_device(device)['name']} | weights {weights} | {libs}"
+    data = f" | data {Path(dataset).name}" if dataset and task != "none" else ""
+    return (f"profile {profile.name}{data} | device {describe_device(device)['name']} | weights {weights} | {libs}"
             + (f" | commit {commit}" if commit else ""))
 
 
@@ -115,11 +117,14 @@ def start(name: str, profile: str | Profile, seed: int = 0, dataset: str | None 
     seed_everything(seed)
     default = {"text-to-image": prof.sd_dataset, "generated-images": prof.sd_dataset,
                "segmentation": prof.seg_dataset}.get(task, prof.default_dataset)
-    ch = Chapter(name=name, profile=prof, device=dev, seed=seed, dataset=dataset or default,
+    own = dataset is not None and dataset != default and task != "none"     # not the prose's data
+    dataset = dataset or default
+    ch = Chapter(name=name, profile=prof, device=dev, seed=seed, dataset=dataset,
                  seeds=tuple(int(s) for s in (seeds if seeds is not None else prof.seeds)),
-                 timer=records.RunTimer(dev), provenance=provenance_line(prof, dev, task))
+                 timer=records.RunTimer(dev), provenance=provenance_line(prof, dev, task, dataset))
     if show:
         from nbsupport.book.viz import profile_banner
 
-        profile_banner(prof.name, prof.random_weights, ch.provenance)
+        profile_banner(prof.name, prof.random_weights, ch.provenance,
+                       own_data=(Path(dataset).name, default) if own else None)
     return ch

@@ -133,12 +133,10 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
     if args.data_command == "list":
         bad = 0
-        for name in manifests.list_manifests():
-            try:
-                m = manifests.load_manifest(name)
-            except (manifests.ManifestError, OSError, ValueError) as exc:   # one bad file never hides the others
+        for name, m in manifests.load_manifests().items():
+            if isinstance(m, Exception):                    # one bad file never hides the others
                 bad += 1
-                print(f"{name:28s} INVALID    {exc}")
+                print(f"{name:28s} INVALID    {m}")
                 continue
             print(f"{name:28s} {m['source']['type']:10s} {', '.join(m.tasks):45s} {m['title']}")
         return 2 if bad else 0

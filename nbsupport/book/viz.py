@@ -150,16 +150,24 @@ def method_colours() -> dict[str, Any]:
     return colours
 
 
-def profile_banner(profile: str, random_weights: bool, provenance: str = "") -> None:
+def profile_banner(profile: str, random_weights: bool, provenance: str = "",
+                   own_data: tuple[str, str] | None = None) -> None:
     """Display the page's provenance (profile, device, versions) and, on pages run with tiny random
-    models (the smoke profile), a visible note that the numbers are not results."""
+    models (the smoke profile), a visible note that the numbers are not results. ``own_data``
+    ``(dataset, default)``: the run used another dataset than the one the page's prose describes,
+    which the banner says."""
     from IPython.display import Markdown, display
 
     line = f"<small>{provenance}</small>\n>\n> " if provenance else ""
+    if own_data is not None:
+        line += (f"**Your data, `{own_data[0]}`:** the text of this page was written for the book's "
+                 f"default data (`{own_data[1]}` at this profile). The printed numbers and the figures "
+                 "are this run's; where the text describes the data (its size, its images), it "
+                 "describes the default.\n>\n> ")
     if random_weights:
         display(Markdown(
             f"> {line}**Note - profile `{profile}`:** this page was executed with tiny, randomly initialised "
-            "models on small procedural data, to prove that every cell runs. Its numbers say nothing "
+            "models on a few images, to prove that every cell runs. Its numbers say nothing "
             "about the methods; run it with `profile='gpu'` for the real experiment."))
     else:
         display(Markdown(f"> {line}Executed with profile `{profile}`; see the run record for weights and device."))

@@ -30,8 +30,11 @@ SCHEMA_VERSION = 1
 
 
 def git_commit(root: Path | None = None) -> str | None:
-    """The current git commit of the repository (with ``-dirty`` when modified), or None."""
-    root = root or repo_root()
+    """The current git commit (with ``-dirty`` when modified) of the checkout that holds the running
+    ``nbsupport`` (the code that decides the numbers, even when started from another folder), else
+    of :func:`repo_root`; None outside git."""
+    package_checkout = Path(__file__).resolve().parents[2]
+    root = root or (package_checkout if (package_checkout / "_toc.yml").is_file() else repo_root())
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                              text=True, timeout=10, check=True).stdout.strip()

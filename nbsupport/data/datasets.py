@@ -265,20 +265,7 @@ class ImageListDataset(_TaskMixin, Dataset):
             y = it.target
             return x, (torch.tensor(y, dtype=torch.float32) if isinstance(y, list) else int(y))
         if self.task == "segmentation":
-            if not it.masks:
-                raise DataError(it.path, "source.layout.mask_columns", "no mask files for this image")
-            layout = self.manifest.source.get("layout", self.manifest.source)
-            if layout.get("type") == "pairs":
-                masks: list[Any] = _mask_channels(_read_image(it.masks[0], "mask"), image, self.manifest.findings,
-                                                  layout, it.masks[0])
-            else:
-                masks = [_read_image(m, "mask") for m in it.masks]
-                for m, path in zip(masks, it.masks):
-                    if m.size != image.size:
-                        raise DataError(path, "source.layout.mask_columns",
-                                        f"mask is {m.size[0]}x{m.size[1]} but its image {it.path.name} is "
-                                        f"{image.size[0]}x{image.size[1]}: a misaligned pair; fix the mask")
-            return x, _mask_tensor(masks, self.image_size)
+            return x, _mask_tensor(_read_masks(it, image, self.manifest), self.image_size)
         return {"pixel_values": x, "caption": self._caption(it.target, None), "label": it.target}
 
 
@@ -377,7 +364,7 @@ def _items_from_pairs(manifest: Manifest, layout: dict[str, Any], base: Path) ->
     images = Path(os.path.expandvars(layout["images"])).expanduser()
     masks = Path(os.path.expandvars(layout["masks"])).expanduser()
     images, masks = (p if p.is_absolute() else base / p for p in (images, masks))
-    for folder, field in ((images, "source.layout.images"), (masks, "source.layout.masks")):
+    for folder, field in ((images, manifest.layout_field("images")), (masks, manifest.layout_field("masks"))):
         if not folder.is_dir():
             raise DataError(folder, field, "folder not found")
     suffix = layout.get("mask_suffix", ".png")
@@ -391,19 +378,37 @@ def _items_from_pairs(manifest: Manifest, layout: dict[str, Any], base: Path) ->
             continue
         items.append(ImageItem(f, None, None, None, [m]))
     if orphans:
-        raise DataError(images / orphans[0], "source.layout.masks",
+        raise DataError(images / orphans[0], manifest.layout_field("masks"),
                         f"{len(orphans)} image(s) have no mask {masks}/<stem>{suffix}, e.g. {orphans[:3]}; "
                         "nothing trains on unpaired images: add the masks, remove the images, or fix mask_suffix")
     if not items:
-        raise DataError(images, "source.layout.images", f"no images with extensions {exts}")
+        raise DataError(images, manifest.layout_field("images"), f"no images with extensions {exts}")
     return items
 
 
-def _mask_channels(mask: Image.Image, image: Image.Image, kinds: Sequence[str], layout: dict[str, Any],
-                   path: Path) -> list[np.ndarray]:
-    """One ``bool [H, W]`` array per kind from an index or colour mask, checked against its image."""
+def _read_masks(it: ImageItem, image: Image.Image, manifest: Manifest) -> list[Any]:
+    """The masks of one item, checked against its image: one ``bool [H, W]`` array per kind (one
+    index or colour mask of a ``pairs`` source) or one image per mask column (csv)."""
+    if not it.masks:
+        raise DataError(it.path, manifest.layout_field("mask_columns"), "no mask files for this image")
+    layout = manifest.source.get("layout", manifest.source)
+    if layout.get("type") == "pairs":
+        return _mask_channels(_read_image(it.masks[0], "mask"), image, manifest, it.masks[0])
+    masks = [_read_image(m, "mask") for m in it.masks]
+    for m, path in zip(masks, it.masks):
+        if m.size != image.size:
+            raise DataError(path, manifest.layout_field("mask_columns"),
+                            f"mask is {m.size[0]}x{m.size[1]} but its image {it.path.name} is "
+                            f"{image.size[0]}x{image.size[1]}: a misaligned pair; fix the mask")
+    return masks
+
+
+def _mask_channels(mask: Image.Image, image: Image.Image, manifest: Manifest, path: Path) -> list[np.ndarray]:
+    """One ``bool [H, W]`` array per kind (``manifest.findings``) from an index or colour mask of a
+    ``pairs`` source, checked against its image."""
+    layout = manifest.source.get("layout", manifest.source)
     if mask.size != image.size:
-        raise DataError(path, "source.layout.masks", f"mask is {mask.size[0]}x{mask.size[1]} but its image is "
+        raise DataError(path, manifest.layout_field("masks"), f"mask is {mask.size[0]}x{mask.size[1]} but its image is "
                                                      f"{image.size[0]}x{image.size[1]}: a misaligned pair; "
                                                      "fix the mask (nothing trains on it)")
     colour = any(isinstance(v, list) for v in layout["mask_map"].values())
@@ -415,14 +420,14 @@ def _mask_channels(mask: Image.Image, image: Image.Image, kinds: Sequence[str], 
         diff = np.abs(arr - np.asarray(value, dtype=np.int16))
         return (diff.max(-1) if colour else diff) <= tol
 
-    channels = [near(layout["mask_map"][k]) for k in kinds]
+    channels = [near(layout["mask_map"][k]) for k in manifest.findings]
     known = near(background)
     for c in channels:
         known |= c
     if not known.all():
         values = arr[~known][:1000].tolist()
         shown = sorted({tuple(v) if colour else v for v in values})[:5]
-        raise DataError(path, "source.layout.mask_map", f"{int((~known).sum())} pixel(s) have values {shown} that "
+        raise DataError(path, manifest.layout_field("mask_map"), f"{int((~known).sum())} pixel(s) have values {shown} that "
                                                         f"are neither background {background} nor in mask_map "
                                                         f"{layout['mask_map']} (tolerance {tol}); JPEG masks need "
                                                         "mask_tolerance > 0")
@@ -597,12 +602,12 @@ def _check_patients(manifest: Manifest, items: list[ImageItem]) -> None:
         return
     where = manifest.path or manifest.name
     said = "; ".join(f"{pair}: {len(ids)} patient(s), e.g. {ids[:3]}" for pair, ids in shared.items())
-    msg = (f"{where}: the same patients have images in more than one split ({said}). A model tested on a "
+    msg = (f"the same patients have images in more than one split ({said}). A model tested on a "
            "patient it trained on scores too well. Fix the split column, or use splits.fractions / "
            "splits.val_fraction with patient_column (they never split a patient)")
     if manifest.get("patient_disjoint"):
         raise DataError(where, "patient_disjoint", msg)
-    warnings.warn(msg, stacklevel=3)
+    warnings.warn(f"{where}: {msg}", stacklevel=3)
 
 
 def _check_manual(manifest: Manifest) -> None:
@@ -610,10 +615,10 @@ def _check_manual(manifest: Manifest) -> None:
     target = base / layout["path"] if layout["type"] == "csv" else base
     if not target.exists():
         src = manifest.source
+        what = f"the csv named in {manifest.layout_field('path')}" if layout["type"] == "csv" else "one folder per class"
         raise DataUnavailableError(
             f"dataset {manifest.name!r} must be downloaded by hand.\n{src['instructions'].strip()}\n"
-            f"Put it so that {target} exists "
-            f"({'the csv named in source.layout.path' if layout['type'] == 'csv' else 'one folder per class'}); "
+            f"Put it so that {target} exists ({what}); "
             f"the cache root is set by $NBSUPPORT_CACHE. Homepage: {src.get('homepage', manifest.get('homepage', '-'))}")
 
 
@@ -685,9 +690,11 @@ def fetch(manifest: Manifest | str, download: bool = True) -> Path:
 
 
 def verify(manifest: Manifest | str, max_images: int | None = None) -> dict[str, Any]:
-    """Check that a dataset is complete and readable; return counts per split and class.
+    """Check that a dataset is complete and readable; return the images per split (and per class, for
+    single-label classes), the split rule, patients shared between splits and ``problems``.
 
-    Every listed image is opened (up to ``max_images``); the first problem raises :class:`DataError`.
+    Every listed image is opened, with its masks checked against it as a chapter would (up to
+    ``max_images``); the first unreadable or misaligned file raises :class:`DataError`.
     """
     manifest = load_manifest(manifest) if not isinstance(manifest, Manifest) else manifest
     src = manifest.source
@@ -713,12 +720,16 @@ def verify(manifest: Manifest | str, max_images: int | None = None) -> dict[str,
     for i, it in enumerate(items):
         if max_images is not None and i >= max_images:
             break
-        _read_image(it.path)
-        for m in it.masks or []:
-            _read_image(m, "mask")
+        image = _read_image(it.path)
+        if it.masks:                            # the checks a chapter makes when it loads the pair
+            _read_masks(it, image, manifest)
+    single = bool(manifest.classes) and not manifest.multi_label
     for s in SPLIT_NAMES:
         sub = [it for it in items if it.split == s]
         report["splits"][s] = {"images": len(sub)}
+        if single and all(isinstance(it.target, int) for it in sub):     # images per class, as the others
+            report["splits"][s]["classes"] = np.bincount([it.target for it in sub],
+                                                         minlength=len(manifest.classes)).tolist()
     problems = [f"the {s!r} split has no images: the chapters need train, val and test"
                 + (" (add splits.val_fraction to carve validation out of the training rows)"
                    if s == "val" and "column" in manifest["splits"] else "")

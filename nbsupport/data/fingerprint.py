@@ -70,14 +70,22 @@ def _describe(ds: Dataset) -> Any:
         "manifest": _manifest_digest(getattr(ds, "manifest", None)),
         "split": getattr(ds, "split", None),
         "items": item_keys(ds),
-        "targets": [t if isinstance(t, (int, float, str)) else list(map(float, t))
-                    for t in getattr(ds, "targets", [])],
+        "targets": [t if t is None or isinstance(t, (int, float, str)) else list(map(float, t))
+                    for t in getattr(ds, "targets", [])],                   # None: a mask is the label
         "render": [getattr(ds, "image_size", None), camera, getattr(ds, "task", None),
                    list(getattr(ds, "mean", None) or []), list(getattr(ds, "std", None) or []),
                    _transform_name(getattr(ds, "transform", None))],
         "generated": [e.get("prompt") for e in entries] if entries else None,
         **({"masks_version": ds.masks_version} if getattr(ds, "masks_version", None) else {}),
+        **({"masks": _mask_files(ds.items)} if getattr(ds, "task", None) == "segmentation"
+           and hasattr(ds, "items") else {}),
     }
+
+
+def _mask_files(items: Any) -> list[list[str]]:
+    """Each item's mask files with a digest of their bytes: an edited mask is new labels."""
+    return [[f"{m}:{hashlib.sha256(Path(m).read_bytes()).hexdigest()[:16]}" for m in (it.masks or [])]
+            for it in items]
 
 
 def fingerprint(ds: Dataset) -> str:

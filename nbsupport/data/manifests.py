@@ -31,6 +31,7 @@ __all__ = [
     "load_manifest",
     "validate_manifest",
     "list_manifests",
+    "load_manifests",
 ]
 
 TASKS = ["classification", "segmentation", "text-to-image"]
@@ -288,7 +289,8 @@ def validate_manifest(data: Any, file: str | Path = "<manifest>") -> dict[str, A
                                                "tasks must be [segmentation]")
         unmapped = [k for k in out.get("findings", []) if k not in layout["mask_map"]]
         if unmapped:
-            raise ManifestError(file, "source.layout.mask_map", f"findings {unmapped} have no value in mask_map "
+            where = "source.layout.mask_map" if "layout" in src else "source.mask_map"
+            raise ManifestError(file, where, f"findings {unmapped} have no value in mask_map "
                                                                 f"({sorted(layout['mask_map'])})")
     labelled = bool({"classification", "text-to-image"} & set(tasks))
     if layout.get("type") == "csv" and labelled and "label_columns" not in out:
@@ -370,6 +372,11 @@ class Manifest:
     @property
     def multi_label(self) -> bool:
         return bool(self.data.get("multi_label"))
+
+    def layout_field(self, key: str) -> str:
+        """The manifest path of a layout field, for error messages: ``source.layout.<key>`` for a
+        ``url`` or ``manual`` source (the layout is nested), ``source.<key>`` otherwise."""
+        return f"source.layout.{key}" if "layout" in self.source else f"source.{key}"
 
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
@@ -456,3 +463,17 @@ def list_manifests(directory: Path | None = None) -> list[str]:
     """Names of the manifests in ``data_manifests/``."""
     directory = directory or manifests_dir()
     return sorted(p.stem for p in directory.glob("*.yaml")) if directory.is_dir() else []
+
+
+def load_manifests(directory: Path | None = None) -> dict[str, Manifest | Exception]:
+    """Every manifest in ``data_manifests/`` by name, loaded; a file that does not load maps to its
+    error (:class:`ManifestError` naming the field, or the reading error), so one bad file never
+    hides the others (``nbsupport data list``, chapter 0's catalogue)."""
+    directory = directory or manifests_dir()
+    out: dict[str, Manifest | Exception] = {}
+    for name in list_manifests(directory):
+        try:
+            out[name] = load_manifest(directory / f"{name}.yaml")
+        except (ManifestError, OSError, ValueError) as exc:
+            out[name] = exc
+    return out
