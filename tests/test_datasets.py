@@ -91,6 +91,24 @@ def test_folder_with_class_subfolders(tmp_path):
     assert x.shape == (3, 32, 32) and y in (0, 1)
 
 
+def test_a_stratified_split_gives_every_class_the_same_fractions(tmp_path):
+    sizes = {"a": 15, "b": 15, "c": 5, "d": 5, "e": 10}
+    for k, (name, n) in enumerate(sizes.items()):
+        save_images(tmp_path / name, n, start=100 * k)
+    fields = dict(tasks=["classification"], classes=list(sizes), source={"type": "folder", "root": str(tmp_path)})
+    fractions = {"train": 0.6, "val": 0.2, "test": 0.2}
+    m = manifest("f", **fields, splits={"fractions": fractions, "stratify": True})
+    per = {s: np.bincount(build_dataset(m, s).targets, minlength=5).tolist() for s in ("train", "val", "test")}
+    assert per == {"train": [9, 9, 3, 3, 6], "val": [3, 3, 1, 1, 2], "test": [3, 3, 1, 1, 2]}
+    assert "stratified by class" in m.split_rule()
+    plain = manifest("f", **fields, splits={"fractions": fractions})     # unstratified: as before, by chance
+    assert [np.bincount(build_dataset(plain, "test").targets, minlength=5).tolist()] != [per["test"]]
+    report = datasets.verify(m)
+    assert report["splits"]["test"] == {"images": 10, "classes": [3, 3, 1, 1, 2]}
+    with pytest.raises(ManifestError, match="field 'splits.stratify': .*needs splits.fractions"):
+        manifest("f", **fields, splits={"builtin": True, "stratify": True})
+
+
 def test_folder_with_split_subfolders(tmp_path):
     for split, n in (("train", 3), ("val", 2), ("test", 2)):
         save_images(tmp_path / split / "a", n)

@@ -539,7 +539,8 @@ def _carve_validation(items: list[ImageItem], fraction: float, seed: int) -> Non
 def _assign_splits(items: list[ImageItem], split_cfg: dict[str, Any]) -> None:
     """The manifest's split rule: the user's column (validation carved out of its training rows
     with ``val_fraction``), else a random split by ``fractions``, grouped by patient when known
-    (never split a patient)."""
+    (never split a patient); with ``stratify``, each class is split in those fractions on its own
+    (a patient counts in the class most of their images have, the higher on a tie)."""
     if all(it.split is not None for it in items):
         if "val_fraction" in split_cfg:
             _carve_validation(items, float(split_cfg["val_fraction"]), int(split_cfg.get("seed", 0)))
@@ -547,16 +548,28 @@ def _assign_splits(items: list[ImageItem], split_cfg: dict[str, Any]) -> None:
     fr = split_cfg.get("fractions")
     if fr is None:
         raise ValueError("items have no split and the manifest gives no 'fractions'")
-    groups = sorted({it.patient if it.patient is not None else str(it.path) for it in items})
+    group_of = {id(it): it.patient if it.patient is not None else str(it.path) for it in items}
+    groups = sorted(set(group_of.values()))
+    strata: dict[Any, list[str]] = {None: groups}
+    if split_cfg.get("stratify"):
+        labels: dict[str, list[int]] = {}
+        for it in items:
+            labels.setdefault(group_of[id(it)], []).append(int(it.target))
+        strata = {}
+        for g in groups:                                        # each patient's commonest class
+            counts = np.bincount(labels[g])
+            strata.setdefault(int(len(counts) - 1 - counts[::-1].argmax()), []).append(g)
+        strata = dict(sorted(strata.items()))
     rng = np.random.default_rng(int(split_cfg.get("seed", 0)))
-    order = rng.permutation(len(groups))
-    n_train = int(round(fr["train"] * len(groups)))
-    n_val = int(round(fr["val"] * len(groups)))
     which: dict[str, str] = {}
-    for rank, gi in enumerate(order):
-        which[groups[gi]] = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
+    for members in strata.values():
+        order = rng.permutation(len(members))
+        n_train = int(round(fr["train"] * len(members)))
+        n_val = int(round(fr["val"] * len(members)))
+        for rank, gi in enumerate(order):
+            which[members[gi]] = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
     for it in items:
-        it.split = which[it.patient if it.patient is not None else str(it.path)]
+        it.split = which[group_of[id(it)]]
 
 
 def _layout_base(manifest: Manifest) -> tuple[dict[str, Any], Path]:

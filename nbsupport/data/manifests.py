@@ -198,6 +198,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                 },
                 "seed": {"type": "integer", "minimum": 0},
                 "val_fraction": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+                "stratify": {"type": "boolean"},
                 "builtin": {"type": "boolean"},
             },
         },
@@ -291,7 +292,7 @@ def validate_manifest(data: Any, file: str | Path = "<manifest>") -> dict[str, A
         if unmapped:
             where = "source.layout.mask_map" if "layout" in src else "source.mask_map"
             raise ManifestError(file, where, f"findings {unmapped} have no value in mask_map "
-                                                                f"({sorted(layout['mask_map'])})")
+                                             f"({sorted(layout['mask_map'])})")
     labelled = bool({"classification", "text-to-image"} & set(tasks))
     if layout.get("type") == "csv" and labelled and "label_columns" not in out:
         raise ManifestError(file, "label_columns", "missing: a csv source needs the label column name(s)")
@@ -312,6 +313,10 @@ def validate_manifest(data: Any, file: str | Path = "<manifest>") -> dict[str, A
             raise ManifestError(file, "splits.fractions", "given together with splits.column: the column decides "
                                                           "the split; to carve a validation split out of the "
                                                           "column's training rows use splits.val_fraction instead")
+        if splits.get("stratify") and ("fractions" not in splits or out.get("multi_label")
+                                       or not out.get("classes")):
+            raise ManifestError(file, "splits.stratify", "splits each class in the same fractions: it needs "
+                                                         "splits.fractions and one class per image (not multi_label)")
         if "val_fraction" in splits and "column" not in splits and "builtin" not in splits:
             raise ManifestError(file, "splits.val_fraction", "carves validation out of the training rows of "
                                                              "splits.column (or a builtin split); with "
@@ -397,7 +402,8 @@ class Manifest:
             rule = f"column {sp['column']!r}: " + ", ".join(f"{k} = {v!r}" for k, v in values.items())
         elif "fractions" in sp:
             fr = sp["fractions"]
-            return (f"random by {by}: {fr['train']:.0%} / {fr['val']:.0%} / {fr['test']:.0%} (train / val / test), "
+            how = "random, stratified by class," if sp.get("stratify") else "random"
+            return (f"{how} by {by}: {fr['train']:.0%} / {fr['val']:.0%} / {fr['test']:.0%} (train / val / test), "
                     f"seed {sp.get('seed', 0)}")
         else:
             rule = "the dataset's own (builtin) split"
