@@ -105,3 +105,21 @@ def test_the_banner_says_when_a_run_used_other_data_than_the_prose_describes(mon
     assert "Your data" not in shown[-1]
     book.start("xx_demo", "smoke", dataset="all", task="none", show=True)   # a page that reads records
     assert "Your data" not in shown[-1] and "| data" not in shown[-1]
+
+
+def test_a_manifest_given_by_path_names_files_by_its_manifest_name(tmp_path, monkeypatch):
+    import shutil
+
+    from nbsupport import book
+    from nbsupport.core.paths import repo_root
+
+    monkeypatch.setenv("NBSUPPORT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("NBSUPPORT_RECORDS", str(tmp_path / "recs"))
+    mine = tmp_path / "elsewhere" / "mine.yaml"
+    mine.parent.mkdir()
+    shutil.copy(repo_root() / "data_manifests" / "fundus-procedural.yaml", mine)
+    ch = book.start("xx_demo", "smoke", dataset=str(mine), show=False)
+    assert ch.dataset_name == "fundus-procedural"                       # the manifest's own name
+    assert ch.generated_dir("eval").is_relative_to(tmp_path / "cache")  # not inside the manifest's folder
+    ch.finish(weights="none", metrics={})
+    assert ch.record_path.name == "xx_demo-fundus-procedural.json"

@@ -77,8 +77,18 @@ class Chapter:
     def generated_dir(self, split: str, method: str | None = None) -> Path:
         """Where chapter 6 writes generated images of ``split`` (``eval``/``train``) for this
         profile and dataset, and chapters 7-8 read them: ``<cache>/generated/<profile>/<dataset>/<split>[/<method>]``."""
-        root = cache_dir() / "generated" / self.profile.name / self.dataset / split
+        root = cache_dir() / "generated" / self.profile.name / self.dataset_name / split
         return root / method if method else root
+
+    @property
+    def dataset_name(self) -> str:
+        """The dataset's manifest name, for file and folder names: ``dataset`` itself, or the
+        ``name`` field of a manifest given as a file path (``-p dataset path/to/my.yaml``)."""
+        if self.dataset.endswith((".yaml", ".yml")) or "/" in self.dataset:
+            from nbsupport.data.manifests import load_manifest
+
+            return load_manifest(self.dataset).name
+        return self.dataset
 
     def finish(self, weights: str, metrics: dict[str, Any], params: dict[str, Any] | None = None,
                dataset: str | None = None) -> None:
@@ -87,7 +97,7 @@ class Chapter:
 
         Returns ``None`` so that a chapter's last cell shows the file name, not a path of the machine."""
         params = {"seed": self.seed, "seeds": list(self.seeds), **(params or {})}
-        path = records.write_record(chapter=self.name, profile=self.profile.name, dataset=dataset or self.dataset,
+        path = records.write_record(chapter=self.name, profile=self.profile.name, dataset=dataset or self.dataset_name,
                                     weights=weights, metrics=metrics, params=params, timer=self.timer,
                                     device=self.device)
         self.record_path = path
