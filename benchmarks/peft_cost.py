@@ -10,6 +10,9 @@ Model FLOPs per image: ViT-B/16 forward = 35.1 GFLOP at 224 px. A step costs 3x 
 get gradients (full fine-tuning), 2x for frozen-weight PEFT (the backward still runs through every
 layer for the activations), 1x for the linear probe (nothing below the head needs gradients).
 MFU = achieved model FLOP/s / the device's measured dense matmul peak (bf16 on CUDA, fp32 on CPU).
+Each row also counts, in one eager forward and backward, the aten operators dispatched (what bounds
+an eager step when the GPU waits on Python) and the FLOPs really computed (``torch.utils.flop_counter``;
+a method whose backward asks for a frozen weight's gradient shows about 3x forward instead of 2x).
 Writes ``benchmarks/results/peft_cost-<device>.json``.
 """
 
@@ -25,6 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -108,6 +113,7 @@ def bench_method(method: str, batch: int, steps: int, warmup: int, device: torch
         torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / steps
     peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+    ops, counted = count_forward_backward(model, x, y, dtype)
     mult = STEP_MULTIPLIER.get(method, 2.0)
     flops_per_step = mult * VIT_B16_FWD_GFLOP * 1e9 * batch * (img / 224) ** 2
     row = {
@@ -120,8 +126,40 @@ def bench_method(method: str, batch: int, steps: int, warmup: int, device: torch
         "model_flops_per_step": flops_per_step,
         "achieved_tflops": flops_per_step / dt / 1e12,
         "step_flop_multiplier": mult,
+        "eager_ops_forward_backward": ops,
+        "counted_flops_forward_backward": counted,
+        "counted_flops_per_image_over_forward": counted / (batch * VIT_B16_FWD_GFLOP * 1e9 * (img / 224) ** 2),
     }
     return row
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the aten operators dispatched while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_forward_backward(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                           dtype: torch.dtype | None) -> tuple[int, float]:
+    """Aten operators dispatched, and FLOPs counted by ``torch.utils.flop_counter``, in one eager
+    forward and backward (no optimizer step) of ``model`` on ``x [B, 3, H, W]``.
+
+    The operator count is what bounds an eager step when the GPU waits on Python (each operator
+    costs microseconds of CPU dispatch, whatever its size); the counted FLOPs show what a method's
+    backward really computes (a frozen weight's gradient matmul, if anything asks for it, shows up
+    as a third forward's worth)."""
+    with _OpCounter() as ops, FlopCounterMode(display=False) as flops:
+        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return ops.n, float(flops.get_total_flops())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         mem = f"{row['peak_memory_bytes'] / 2**30:6.2f} GiB" if row["peak_memory_bytes"] else "   n/a"
         print(f"{m:12s} {row['step_time_s'] * 1e3:9.1f} ms/step {row['images_per_s']:8.1f} img/s "
-              f"peak {mem}  MFU {100 * row['mfu']:5.1f}%  trainable {row['trainable']:,}")
+              f"peak {mem}  MFU {100 * row['mfu']:5.1f}%  trainable {row['trainable']:,}  "
+              f"{row['eager_ops_forward_backward']} ops, "
+              f"{row['counted_flops_per_image_over_forward']:.2f}x forward FLOPs")
     result = {
         "benchmark": "peft_cost",
         "device": name,

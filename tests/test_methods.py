@@ -218,6 +218,74 @@ def test_ssf_folded_equals_unfolded():
     assert torch.allclose(c(h), d(h), atol=1e-6)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_ssf_linear_gradients_equal_plain_autograd(bias):
+    """The hand-written backward (no weight-gradient matmul) against autograd through
+    ``(x W^T + b) * s + t``; without gradients the folded linear gives the same output."""
+    from nbsupport.vit.adapters.ssf import SSFLinear
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(8, 6, bias=bias).requires_grad_(False)
+    m = SSFLinear(lin)
+    with torch.no_grad():
+        m.scale.copy_(torch.linspace(0.5, 1.5, 6))
+        m.shift.copy_(torch.linspace(-1, 1, 6))
+    x = torch.randn(3, 4, 8, dtype=torch.float64, requires_grad=True)
+    m, lin = m.double(), lin.double()
+    s, t = m.scale.detach().clone().requires_grad_(), m.shift.detach().clone().requires_grad_()
+    dy = torch.randn(3, 4, 6, dtype=torch.float64)
+    (m(x) * dy).sum().backward()
+    got = x.grad.clone(), m.scale.grad, m.shift.grad
+    x.grad = None
+    ((lin(x) * s + t) * dy).sum().backward()
+    for a, b in zip(got, (x.grad, s.grad, t.grad)):
+        torch.testing.assert_close(a, b)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), lin(x) * s + t)
+    assert torch.autograd.gradcheck(lambda x_, s_, t_: _ssf_apply(lin, x_, s_, t_), (x, s, t))
+
+
+def _ssf_apply(lin, x, s, t):
+    from nbsupport.vit.adapters.ssf import _ScaleShiftFrozenLinear
+
+    return _ScaleShiftFrozenLinear.apply(x, lin.weight, lin.bias, s, t)
+
+
+def test_ssf_linear_under_bf16_autocast_matches_fp32():
+    from nbsupport.vit.adapters.ssf import SSFLinear
+
+    torch.manual_seed(0)
+    m = SSFLinear(torch.nn.Linear(64, 32).requires_grad_(False))
+    x = torch.randn(4, 16, 64, requires_grad=True)
+    (m(x) ** 2).sum().backward()
+    ref = x.grad.clone(), m.scale.grad.clone(), m.shift.grad.clone()
+    x.grad = m.scale.grad = m.shift.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+    assert y.dtype == torch.bfloat16                 # no promotion to fp32 by the fp32 scale
+    (y.float() ** 2).sum().backward()
+    assert m.scale.grad.dtype == m.shift.grad.dtype == x.grad.dtype == torch.float32
+    for a, b in zip((x.grad, m.scale.grad, m.shift.grad), ref):
+        torch.testing.assert_close(a, b, rtol=0.03, atol=0.03 * b.abs().max().item())
+
+
+def test_ssf_backward_costs_what_a_frozen_backbone_costs():
+    """SSF's backward needs no weight-gradient matmul: its counted FLOPs are LoRA's, not full
+    fine-tuning's (which differ by a whole forward's worth)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def step_flops(method: str) -> int:
+        torch.manual_seed(0)
+        model = methods.adapt(timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=C,
+                                                img_size=64), method)
+        with FlopCounterMode(display=False) as fc:
+            model(torch.randn(2, 3, 64, 64)).sum().backward()
+        return fc.get_total_flops()
+
+    full, lora, ssf = (step_flops(m) for m in ("full", "lora", "ssf"))
+    assert ssf < 1.05 * lora and ssf < 0.75 * full
+
+
 @pytest.mark.parametrize("inp", ["x", "norm"])
 def test_adaptformer_reads_the_input_the_official_code_reads(inp):
     """Official code: ``x + MLP(LN(x)) + s * up(relu(down(x)))`` (un-normalised x); paper figure: LN(x)."""

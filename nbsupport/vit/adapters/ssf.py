@@ -62,11 +62,44 @@ def apply_ssf(model: nn.Module) -> nn.Module:
     return model
 
 
-class SSFLinear(nn.Module):
-    """A frozen ``nn.Linear`` followed by SSF, computed as one linear with folded weights.
+class _ScaleShiftFrozenLinear(torch.autograd.Function):
+    """``y = (x W^T + b) * s + t`` for a frozen ``W, b``, with a backward that needs no weight-gradient
+    matmul.
 
-    ``(x W^T + b) * s + t == x (s * W)^T + (s * b + t)``: identical output, but no extra pass
-    over the activations and nothing extra saved for the backward.
+    Autograd through the folded form ``x (s * W)^T + (s * b + t)`` would compute the full
+    ``dy^T x`` (a weight gradient ``[out, in]``, as costly as full fine-tuning's) only to reduce it
+    to ``ds``. Here ``ds = sum_tokens(dy * z)`` with ``z = x W^T + b`` saved from the forward, and
+    ``dx = dy (s * W)``: one matmul in the backward, as for any frozen linear.
+    Shapes: ``x [..., in]``, ``W [out, in]``, ``b [out]`` or None, ``s, t [out]`` -> ``y [..., out]``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        z = F.linear(x, weight, bias)                   # autocast, when on, picks z's dtype
+        ctx.save_for_backward(z, weight, scale)
+        return torch.addcmul(shift.to(z.dtype), z, scale.to(z.dtype))
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        z, weight, scale = ctx.saved_tensors
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = dy @ (weight * scale[:, None]).to(dy.dtype)         # [..., out] @ [out, in]
+        rows = dy.reshape(-1, dy.shape[-1])                          # [tokens, out]
+        acc = torch.promote_types(dy.dtype, torch.float32)           # bf16 sums accumulate in fp32
+        ds = (rows * z.reshape(rows.shape).to(dy.dtype)).sum(0, dtype=acc)
+        dt = rows.sum(0, dtype=acc)
+        return dx, None, None, ds.to(scale.dtype), dt.to(scale.dtype)
+
+
+class SSFLinear(nn.Module):
+    """A frozen ``nn.Linear`` followed by SSF: ``(x W^T + b) * s + t``.
+
+    In training, the backward takes one matmul (the input's gradient), like the frozen linear
+    alone: ``s`` and ``t`` get their gradients from reductions over the tokens
+    (:class:`_ScaleShiftFrozenLinear`); should the wrapped linear be unfrozen, plain autograd runs
+    instead. Without gradients (evaluation) the affine is folded into the weights: one linear.
     """
 
     def __init__(self, linear: nn.Linear) -> None:
@@ -77,9 +110,13 @@ class SSFLinear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.inner.weight * self.scale[:, None]
-        b = self.shift if self.inner.bias is None else self.inner.bias * self.scale + self.shift
-        return F.linear(x, w, b)
+        w, b, s, t = self.inner.weight, self.inner.bias, self.scale, self.shift
+        if not torch.is_grad_enabled():                 # inference: one linear, affine folded in
+            return F.linear(x, w * s[:, None], t if b is None else b * s + t)
+        if not w.requires_grad and (b is None or not b.requires_grad):
+            return _ScaleShiftFrozenLinear.apply(x, w, b, s, t)
+        z = F.linear(x, w, b)
+        return torch.addcmul(t.to(z.dtype), z, s.to(z.dtype))
 
 
 class SSFLayerNorm(nn.Module):
