@@ -83,14 +83,16 @@ class _ScaleShiftFrozenLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
         z, weight, scale = ctx.saved_tensors
-        dx = None
+        dx = ds = dt = None
         if ctx.needs_input_grad[0]:
             dx = dy @ (weight * scale[:, None]).to(dy.dtype)         # [..., out] @ [out, in]
         rows = dy.reshape(-1, dy.shape[-1])                          # [tokens, out]
         acc = torch.promote_types(dy.dtype, torch.float32)           # bf16 sums accumulate in fp32
-        ds = (rows * z.reshape(rows.shape).to(dy.dtype)).sum(0, dtype=acc)
-        dt = rows.sum(0, dtype=acc)
-        return dx, None, None, ds.to(scale.dtype), dt.to(scale.dtype)
+        if ctx.needs_input_grad[3]:
+            ds = (rows * z.reshape(rows.shape).to(dy.dtype)).sum(0, dtype=acc).to(scale.dtype)
+        if ctx.needs_input_grad[4]:
+            dt = rows.sum(0, dtype=acc).to(scale.dtype)
+        return dx, None, None, ds, dt
 
 
 class SSFLinear(nn.Module):
