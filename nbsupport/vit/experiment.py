@@ -342,7 +342,8 @@ def run_seeds(method: str, backbone: Backbone, data: ClassificationData, profile
     """:func:`run_method` once per seed (data order, dropout and new modules drawn from it), with
     the profile's schedule (``train_overrides``: other :class:`TrainConfig` fields, e.g.
     ``batch_size``, or ``epochs`` over the ``epochs`` argument); returns one row per seed, each
-    with its ``seed`` and ``lr``.
+    with its ``seed``, ``lr`` and ``lr_grid`` (``{lr: best validation score}`` of the rule's grid,
+    or None when the rate was given or the profile has one rate).
 
     ``lr=None`` applies the profile's rule: the registry rate when the profile has one factor,
     else :func:`choose_lr` on the first seed and the *full* training split (so a label-fraction run
@@ -359,7 +360,7 @@ def run_seeds(method: str, backbone: Backbone, data: ClassificationData, profile
         cfg = default_train_config(profile, method, **{"epochs": epochs, **(train_overrides or {}), "seed": s, "lr": lr})
         extra = {**extra_params, "seed": s, **({"lr_grid": {f"{k:.2e}": v for k, v in grid.items()}} if grid else {})}
         rows.append({**run_method(method, backbone, data, profile, chapter, device, train_config=cfg,
-                                  extra_params=extra, **kwargs), "seed": s, "lr": cfg.lr})
+                                  extra_params=extra, **kwargs), "seed": s, "lr": cfg.lr, "lr_grid": grid})
     return rows
 
 
