@@ -176,16 +176,63 @@ def test_csv_multi_label_columns_and_captions(tmp_path):
     assert y.dtype == torch.float32 and y.shape == (2,)
 
 
+def _separator_manifest(tmp_path, rows: str, **layout):
+    save_images(tmp_path / "img", 3)
+    (tmp_path / "d.csv").write_text("Image Index,Finding Labels\n" + rows)
+    return manifest("nih", tasks=["classification"], findings=["Mass", "Nodule", "Hernia"], multi_label=True,
+                    label_columns=["Finding Labels"],
+                    source={"type": "csv", "path": str(tmp_path / "d.csv"), "image_root": str(tmp_path / "img"),
+                            "image_column": "Image Index", "label_separator": "|", **layout},
+                    splits={"fractions": {"train": 0.5, "val": 0.25, "test": 0.25}})
+
+
 def test_csv_label_separator(tmp_path):
-    save_images(tmp_path / "img", 2)
-    (tmp_path / "d.csv").write_text("Image Index,Finding Labels\nim0.png,Mass|Nodule\nim1.png,No Finding\n")
-    m = manifest("nih", tasks=["classification"], findings=["Mass", "Nodule", "Hernia"], multi_label=True,
-                 label_columns=["Finding Labels"],
-                 source={"type": "csv", "path": str(tmp_path / "d.csv"), "image_root": str(tmp_path / "img"),
-                         "image_column": "Image Index", "label_separator": "|"},
-                 splits={"fractions": {"train": 0.5, "val": 0.25, "test": 0.25}})
+    m = _separator_manifest(tmp_path, "im0.png,Mass|Nodule\nim1.png,No Finding\nim2.png,\n",
+                            empty_values=["No Finding"])
     assert {it.path.name: it.target for it in datasets.list_items(m)} == {
-        "im0.png": [1.0, 1.0, 0.0], "im1.png": [0.0, 0.0, 0.0]}
+        "im0.png": [1.0, 1.0, 0.0], "im1.png": [0.0, 0.0, 0.0], "im2.png": [0.0, 0.0, 0.0]}
+
+
+def test_csv_label_separator_refuses_unknown_values(tmp_path):
+    """A misspelt or differently cased finding is not silently 'no finding'."""
+    rows = "im0.png,mass|Nodule\nim1.png,No Finding\nim2.png,Hernia\n"
+    assert [it.target for it in datasets.list_items(_separator_manifest(tmp_path, rows.replace("mass", "Mass")))][1] \
+        == [0.0, 0.0, 0.0]                                             # 'No Finding': a default empty value
+    m = _separator_manifest(tmp_path, rows, empty_values=["-"])       # given: replaces the defaults
+    with pytest.raises(DataError) as info:
+        datasets.list_items(m)
+    msg = str(info.value)
+    assert "d.csv" in msg and "'mass' (line 2)" in msg and "'No Finding' (line 3)" in msg
+    assert "case-sensitive" in msg and "empty_values" in msg
+
+
+def test_csv_one_column_per_finding_follows_the_findings_order(tmp_path):
+    save_images(tmp_path / "img", 2)
+    (tmp_path / "labels.csv").write_text("file,Effusion,Edema\nim0.png,1,0\nim1.png,0,1\n")
+    src = {"type": "csv", "path": str(tmp_path / "labels.csv"), "image_root": str(tmp_path / "img"),
+           "image_column": "file"}
+    fields = dict(tasks=["classification", "text-to-image"], multi_label=True, source=src,
+                  caption_template="Chest X-ray showing {findings}.",
+                  splits={"fractions": {"train": 0.5, "val": 0.25, "test": 0.25}})
+    m = manifest("cx", findings=["Edema", "Effusion"], label_columns=["Effusion", "Edema"], **fields)
+    items = datasets.list_items(m)
+    assert {it.path.name: it.target for it in items} == {"im0.png": [0.0, 1.0], "im1.png": [1.0, 0.0]}
+    ds = datasets.ImageListDataset(items, m, task="text-to-image", image_size=16)
+    assert {it.path.name: ds[i]["caption"] for i, it in enumerate(items)} == {
+        "im0.png": "Chest X-ray showing Effusion.", "im1.png": "Chest X-ray showing Edema."}
+    with pytest.raises(ManifestError) as info:
+        manifest("cx", findings=["Edema", "Effusion", "Mass"], label_columns=["Effusion", "Edema"], **fields)
+    assert "field 'label_columns'" in str(info.value) and "findings without a column: ['Mass']" in str(info.value)
+
+
+@pytest.mark.parametrize("template, bad", [("X-ray showing {finding}.", "{finding}"), ("grade {grade}", "{grade}"),
+                                           ("{}", "{}")])
+def test_caption_template_placeholders_are_checked(template, bad):
+    with pytest.raises(ManifestError) as info:
+        manifest("t", tasks=["text-to-image"], classes=["a", "b"], caption_template=template,
+                 source={"type": "folder", "root": "/nowhere"}, splits={"builtin": True})
+    msg = str(info.value)
+    assert "field 'caption_template'" in msg and bad in msg and "{findings}" in msg and "{label}" in msg
 
 
 def test_csv_patient_grouped_split_is_disjoint(tmp_path):
@@ -479,3 +526,24 @@ def test_a_fractional_label_is_not_a_class(tmp_path):
     m = csv_manifest(tmp_path, "file,y,split\nim0.png,2.5,train\n")
     with pytest.raises(DataError, match=r"label '2.5'.*class index \(0-2\)"):
         build_dataset(m, "train")
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+    """A 16-bit radiograph PNG (mode I;16) keeps its contrast: PIL's own conversion to RGB would
+    clip every value above 255 to white. ``data verify`` says which modes and sizes it found."""
+    for name, lo in (("a", 1000), ("b", 3000)):
+        (tmp_path / name).mkdir()
+        for i in range(4):
+            ramp = (lo + np.arange(32 * 48, dtype=np.uint16).reshape(32, 48) * (i + 1)).astype(np.uint16)
+            Image.fromarray(ramp).save(tmp_path / name / f"x{i}.png")
+    assert Image.open(tmp_path / "a" / "x0.png").mode.startswith("I")
+    m = manifest("xr", tasks=["classification"], classes=["a", "b"],
+                 source={"type": "folder", "root": str(tmp_path)},
+                 splits={"fractions": {"train": 0.5, "val": 0.25, "test": 0.25}})
+    ds = build_dataset(m, "train", image_size=16, mean=None, std=None)
+    x, _ = ds[0]
+    assert 0.2 < x.mean().item() < 0.8 and x.min().item() < 0.05 and x.max().item() > 0.95
+    report = datasets.verify(m)
+    assert set(report["image_modes"]) <= set(datasets.WIDE_MODES) and report["image_sizes"] == {"48x32": 8}
+    assert any("scaled from its own minimum and maximum" in n for n in report["notes"])
+    assert any("resized" in n for n in report["notes"]) and report["classes"] == ["a", "b"]

@@ -209,7 +209,7 @@ def test_the_judge_describes_itself_with_its_accuracy():
                   "the clinic's training split", "pretrained:pocket", "pocket-fundus-vit",
                   row={"test_accuracy": 0.596})
     line = judge.describe()
-    assert "on 900 real images" in line and "kappa on the real test images: 0.770" in line
+    assert "on 900 real images" in line and "Kappa on the real test images: 0.770" in line
     assert line.endswith("accuracy 0.596")
     assert "accuracy" not in Judge(torch.nn.Identity(), 64, (0.5,) * 3, (0.5,) * 3, "test_kappa", 0.77, 900,
                                    "x", "w").describe().split("0.770")[1]       # no row: no claim

@@ -265,6 +265,32 @@ def test_generation_resumes_without_duplicating_or_keeping_stale_images(t2i, tmp
     assert sorted(s for c in calls for s in c) == [10, 12, 13, 14, 99]
 
 
+def test_generated_sets_from_other_data_are_left_out(t2i, tmp_path_factory, tmp_path, monkeypatch):
+    """A set records the data it was made from; a reader keeps only sets made from the current data,
+    and a changed label regenerates the image even with the same prompt and seed."""
+    from nbsupport.sd import sampling
+
+    comp = tiny(t2i, tmp_path_factory)
+    items = [{"prompt": t2i[i]["caption"], "seed": i, "labels": 0} for i in range(2)]
+    kw = dict(resolution=32, steps=2, batch_size=2, progress=False)
+    now = sampling.data_stamp(t2i, t2i)
+    sampling.generate_to_disk(comp, items, tmp_path / "lora", method="lora", data=now, **kw)
+    sampling.generate_to_disk(comp, items, tmp_path / "unet", method="unet",
+                              data={**now, "train": "0" * 16}, **kw)
+    sampling.generate_to_disk(comp, items, tmp_path / "bitfit", method="bitfit", **kw)
+    fresh, left_out = sampling.generated_sets(tmp_path, now)
+    assert fresh == ["lora"] and left_out == {"bitfit": "generated before sets recorded their data",
+                                              "unet": "generated from another version of the data"}
+    calls = []
+    real_sample = sampling.sample
+    monkeypatch.setattr(sampling, "sample", lambda c, p, seeds, **k: calls.append(list(seeds)) or real_sample(c, p, seeds, **k))
+    sampling.generate_to_disk(comp, items, tmp_path / "unet", method="unet", data=now, **kw)
+    assert calls == [] and sampling.generated_sets(tmp_path, now)[0] == ["lora", "unet"]   # same images: kept
+    sampling.generate_to_disk(comp, [items[0], {**items[1], "labels": 1}], tmp_path / "unet", method="unet",
+                              data=now, **kw)
+    assert calls == [[1]]                                                # the relabelled item only
+
+
 # ----------------------------------------------------------------------------- any SD snapshot
 
 @pytest.fixture(scope="module")

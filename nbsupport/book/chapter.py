@@ -84,11 +84,9 @@ class Chapter:
     def dataset_name(self) -> str:
         """The dataset's manifest name, for file and folder names: ``dataset`` itself, or the
         ``name`` field of a manifest given as a file path (``-p dataset path/to/my.yaml``)."""
-        if self.dataset.endswith((".yaml", ".yml")) or "/" in self.dataset:
-            from nbsupport.data.manifests import load_manifest
+        from nbsupport.data.manifests import dataset_name
 
-            return load_manifest(self.dataset).name
-        return self.dataset
+        return dataset_name(self.dataset)
 
     def finish(self, weights: str, metrics: dict[str, Any], params: dict[str, Any] | None = None,
                dataset: str | None = None) -> None:

@@ -147,6 +147,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
         elif args.data_command == "verify":
             report = datasets.verify(m, args.max_images)
             print(json.dumps(report, indent=2))
+            for note in report.get("notes", []):
+                print(f"note: {note}", file=sys.stderr)
             for problem in report.get("problems", []):
                 print(f"problem: {problem}", file=sys.stderr)
             if report.get("problems"):

@@ -85,11 +85,28 @@ class ImageItem:
 # ----------------------------------------------------------------------------- transforms
 
 
+DEFAULT_EMPTY_VALUES = ("No Finding", "no finding", "None", "none")   # label_separator: no finding
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")    # 16-bit, 32-bit integer and float images
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """An 8-bit RGB copy of ``img``. A 16-bit, 32-bit or float image (a radiograph's PNG or TIFF,
+    modes :data:`WIDE_MODES`) is first scaled from its own minimum and maximum to 0-255: PIL's plain
+    conversion would clip every value above 255 to white. Other modes (grey, palette, RGBA) convert
+    as PIL converts them."""
+    if img.mode in WIDE_MODES:
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        img = Image.fromarray(np.round(arr).astype(np.uint8))
+    return img.convert("RGB")
+
+
 def to_tensor(img: Image.Image, size: int, mean: Sequence[float] | None, std: Sequence[float] | None,
               resample: int = Image.BICUBIC) -> torch.Tensor:
     """PIL image -> ``[3, size, size]`` float tensor, normalised by mean/std when given
-    (else left in [0, 1])."""
-    img = img.convert("RGB")
+    (else left in [0, 1]); 16-bit and float images are scaled by their own range (:func:`to_rgb`)."""
+    img = to_rgb(img)
     if img.size != (size, size):
         img = img.resize((size, size), resample)
     x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
@@ -304,7 +321,7 @@ class MedMNISTDataset(_TaskMixin, Dataset):
 
     def __getitem__(self, i: int) -> Any:
         arr = np.asarray(self.images[i])
-        img = Image.fromarray(arr).convert("RGB")
+        img = to_rgb(Image.fromarray(arr))
         y = self.targets[i]
         x = self._image(img)
         if self.task == "classification":
@@ -467,6 +484,8 @@ def _items_from_csv(manifest: Manifest, layout: dict[str, Any], base: Path) -> l
     split_cfg = manifest["splits"]
     used = [k for k in SPLIT_NAMES if not (k == "val" and "val_fraction" in split_cfg)]
     values = {k: split_cfg.get("values", {}).get(k, k) for k in used}      # split -> value in the column
+    empty = {str(v) for v in layout.get("empty_values", DEFAULT_EMPTY_VALUES)} | {""}   # "no finding"
+    unknown: dict[str, int] = {}                                         # label value -> first csv line
     items: list[ImageItem] = []
     missing: list[str] = []
     target: int | list[float] | None
@@ -479,10 +498,12 @@ def _items_from_csv(manifest: Manifest, layout: dict[str, Any], base: Path) -> l
         if not labelled:
             target = None
         elif multi and label_sep:
-            present = {v.strip() for v in str(r[label_cols[0]]).split(label_sep)}
+            present = {v.strip() for v in str(r[label_cols[0]]).split(label_sep)} - empty
+            for v in present - set(classes):
+                unknown.setdefault(v, row_no)
             target: int | list[float] = [1.0 if c in present else 0.0 for c in classes]
-        elif multi:
-            target = [1.0 if str(r[c]) in positives else 0.0 for c in label_cols]
+        elif multi:                               # one 0/1 column per finding, in the findings' order
+            target = [1.0 if str(r[c]) in positives else 0.0 for c in (classes or label_cols)]
         else:
             raw = str(r[label_cols[0]])
             if raw in classes:
@@ -514,6 +535,13 @@ def _items_from_csv(manifest: Manifest, layout: dict[str, Any], base: Path) -> l
             masks = [image_root / str(r[c]) for c in layout["mask_columns"]]
         patient = str(r[manifest["patient_column"]]) if "patient_column" in manifest.data else None
         items.append(ImageItem(path, target, split, patient, masks))
+    if unknown:
+        shown = ", ".join(f"{v!r} (line {n})" for v, n in list(unknown.items())[:5])
+        raise DataError(csv_path, "label_columns", f"{len(unknown)} value(s) of column {label_cols[0]!r} are not "
+                                                   f"among the findings {classes} (names are case-sensitive): "
+                                                   f"{shown}; correct the csv, add them to findings, or list "
+                                                   "the ones meaning 'no finding' in source.layout.empty_values "
+                                                   "(e.g. ['No Finding'])")
     if missing:
         raise DataError(missing[0].split(" (")[0], "source.image_column",
                         f"{len(missing)} image file(s) listed in {csv_path} are missing, e.g. {missing[:3]}; "
@@ -730,19 +758,41 @@ def verify(manifest: Manifest | str, max_images: int | None = None) -> dict[str,
         items = list_items(manifest, download=False)
     report["shared_patients"] = {pair: {"patients": len(ids), "examples": ids[:3]}
                                  for pair, ids in shared_patients(items).items()}
+    modes: dict[str, int] = {}
+    sizes: dict[str, int] = {}
     for i, it in enumerate(items):
         if max_images is not None and i >= max_images:
             break
         image = _read_image(it.path)
+        modes[image.mode] = modes.get(image.mode, 0) + 1
+        size = f"{image.width}x{image.height}"
+        sizes[size] = sizes.get(size, 0) + 1
         if it.masks:                            # the checks a chapter makes when it loads the pair
             _read_masks(it, image, manifest)
+    report["image_modes"] = modes
+    report["image_sizes"] = dict(sorted(sizes.items(), key=lambda kv: -kv[1])[:5])
+    notes = []
+    wide = sorted(m for m in modes if m in WIDE_MODES)
+    if wide:
+        notes.append(f"{sum(modes[m] for m in wide)} image(s) in mode {', '.join(wide)} (16-bit or float): each "
+                     "is scaled from its own minimum and maximum to 8 bits when loaded")
+    if len(sizes) > 1 or any(w != h for w, h in (map(int, k.split("x")) for k in sizes)):
+        notes.append("images of several sizes or not square: each is resized to the chapter's square "
+                     "image size, without cropping (the aspect ratio changes)")
+    report["notes"] = notes
     single = bool(manifest.classes) and not manifest.multi_label
+    if single:
+        report["classes"] = manifest.classes             # the order of each split's "classes" counts
     for s in SPLIT_NAMES:
         sub = [it for it in items if it.split == s]
         report["splits"][s] = {"images": len(sub)}
         if single and all(isinstance(it.target, int) for it in sub):     # images per class, as the others
             report["splits"][s]["classes"] = np.bincount([it.target for it in sub],
                                                          minlength=len(manifest.classes)).tolist()
+        elif manifest.multi_label and sub and all(isinstance(it.target, list) for it in sub):
+            counts = np.asarray([it.target for it in sub]).sum(0).astype(int).tolist()
+            report["splits"][s]["findings"] = dict(zip(manifest.classes, counts))
+            report["splits"][s]["no finding"] = sum(1 for it in sub if not any(it.target))
     problems = [f"the {s!r} split has no images: the chapters need train, val and test"
                 + (" (add splits.val_fraction to carve validation out of the training rows)"
                    if s == "val" and "column" in manifest["splits"] else "")

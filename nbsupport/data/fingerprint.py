@@ -40,11 +40,16 @@ def item_keys(ds: Dataset, by: str = "image") -> list[Any]:
     raise TypeError(f"cannot identify the items of a {type(ds).__name__}")
 
 
+WORDING_FIELDS = ("label_noun",)     # manifest fields that change printed words only, never a tensor
+
+
 def _manifest_digest(manifest: Any) -> str | None:
     if manifest is None:
         return None
-    return hashlib.sha256(json.dumps(getattr(manifest, "data", manifest), sort_keys=True, default=str)
-                          .encode()).hexdigest()[:16]
+    data = getattr(manifest, "data", manifest)
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k not in WORDING_FIELDS}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _transform_name(transform: Any) -> str | None:

@@ -77,6 +77,7 @@ _layout_csv = {
         "column_names": _str_list,
         "label_separator": _str,
         "positive_values": {"type": "array"},
+        "empty_values": {"type": "array", "items": {"type": "string"}},
     },
 }
 
@@ -179,6 +180,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
         "patient_disjoint": {"type": "boolean"},
         "caption_template": _str,
         "caption_empty": _str,
+        "label_noun": {"type": "string", "pattern": "^[a-z][a-z -]*$"},
         "native_resolution": _pos_int,
         "splits": {
             "type": "object",
@@ -213,6 +215,28 @@ def _field_path(error: jsonschema.ValidationError, prefix: str = "") -> str:
     parts = [prefix] if prefix else []
     parts += [f"[{p}]" if isinstance(p, int) else str(p) for p in error.absolute_path]
     return ".".join(parts).replace(".[", "[") or "<top level>"
+
+
+CAPTION_FIELDS = {"label": "the class name (single-label) or the findings present, joined by ', '",
+                  "findings": "the findings present, joined by ', ' (the class name when single-label)",
+                  "caption": "the dataset's own caption, where it has one (else the label)"}
+
+
+def _check_caption_template(file: str | Path, template: str) -> None:
+    """Raise :class:`ManifestError` naming any placeholder of ``caption_template`` that is not one of
+    :data:`CAPTION_FIELDS`, or a template that ``str.format`` cannot parse."""
+    import string
+
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise ManifestError(file, "caption_template", f"{template!r} is not a valid template ({e}); write a "
+                                                      "literal brace as {{ or }}") from None
+    bad = sorted({f for f in fields if f.split(".")[0].split("[")[0] not in CAPTION_FIELDS})
+    if bad:
+        known = "; ".join(f"{{{k}}}: {v}" for k, v in CAPTION_FIELDS.items())
+        raise ManifestError(file, "caption_template", f"{template!r} names {', '.join('{' + b + '}' for b in bad)}; "
+                                                      f"the placeholders are {known}")
 
 
 def _explain(error: jsonschema.ValidationError, prefix: str = "") -> tuple[str, str]:
@@ -296,6 +320,21 @@ def validate_manifest(data: Any, file: str | Path = "<manifest>") -> dict[str, A
     labelled = bool({"classification", "text-to-image"} & set(tasks))
     if layout.get("type") == "csv" and labelled and "label_columns" not in out:
         raise ManifestError(file, "label_columns", "missing: a csv source needs the label column name(s)")
+    where = "source.layout" if "layout" in src else "source"
+    if "empty_values" in layout and not layout.get("label_separator"):
+        raise ManifestError(file, f"{where}.empty_values", "applies to a label_separator column (values "
+                                                            "meaning 'no finding'); there is none")
+    if layout.get("type") == "csv" and labelled and not layout.get("label_separator") and (
+            out.get("multi_label") or len(out.get("label_columns", [])) > 1):
+        names = out.get("findings") or out.get("classes") or []
+        cols = out["label_columns"]
+        if names and sorted(names) != sorted(cols):
+            raise ManifestError(file, "label_columns", f"one 0/1 column per finding: the columns {cols} must be "
+                                                       f"the findings {names} (in any order); extra columns: "
+                                                       f"{sorted(set(cols) - set(names))}, findings without a "
+                                                       f"column: {sorted(set(names) - set(cols))}")
+    if "caption_template" in out:
+        _check_caption_template(file, out["caption_template"])
     splits = out["splits"]
     if src["type"] == "synthetic":
         for k in SPLIT_NAMES:
@@ -377,6 +416,12 @@ class Manifest:
     @property
     def multi_label(self) -> bool:
         return bool(self.data.get("multi_label"))
+
+    @property
+    def label_noun(self) -> str:
+        """What one label is called in printed text ("grade" for diabetic-retinopathy sets): the
+        manifest's ``label_noun``, else "finding" (multi-label) or "class"."""
+        return str(self.data.get("label_noun") or ("finding" if self.multi_label else "class"))
 
     def layout_field(self, key: str) -> str:
         """The manifest path of a layout field, for error messages: ``source.layout.<key>`` for a
@@ -469,6 +514,14 @@ def list_manifests(directory: Path | None = None) -> list[str]:
     """Names of the manifests in ``data_manifests/``."""
     directory = directory or manifests_dir()
     return sorted(p.stem for p in directory.glob("*.yaml")) if directory.is_dir() else []
+
+
+def dataset_name(dataset: str) -> str:
+    """The name a dataset goes by in record and folder names: ``dataset`` itself, or the ``name``
+    field of a manifest given as a file path (``-p dataset path/to/my.yaml``)."""
+    if dataset.endswith((".yaml", ".yml")) or "/" in dataset:
+        return load_manifest(dataset).name
+    return dataset
 
 
 def load_manifests(directory: Path | None = None) -> dict[str, Manifest | Exception]:

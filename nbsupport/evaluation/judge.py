@@ -65,7 +65,7 @@ class Judge:
         """One line for the page: what the judge is, what it learnt from, how good it is on real images."""
         accuracy = self.row.get("test_accuracy")      # over the test set as drawn, not the prompts' grade mix
         return (f"{JUDGE_METHOD} fine-tuning of {self.backbone} ({self.weights}) on {self.n_train} real images, "
-                f"{self.source}. Its own {self.score_name.removeprefix('test_')} on the real test images: "
+                f"{self.source}. Its own {_SCORE_NAMES.get(self.score_name, self.score_name)} on the real test images: "
                 f"{self.test_score:.3f}" + ("" if accuracy is None else f", accuracy {accuracy:.3f}"))
 
     def predict(self, images: Sequence[np.ndarray], device: torch.device | str = "cpu",
@@ -73,6 +73,9 @@ class Judge:
         """Features ``[N, D]`` and probabilities ``[N, K]`` of uint8 ``[H, W, 3]`` images."""
         return classifier_features(self.model, images, self.image_size, self.mean, self.std, device,
                                    multi_label=multi_label)
+
+
+_SCORE_NAMES = {"test_kappa": "Kappa", "test_auc": "AUC", "test_f1": "macro F1", "test_accuracy": "accuracy"}
 
 
 def _with_targets(ds: Dataset, indices: list[int]) -> Subset:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from nbsupport.sd.models import SDComponents
 
 __all__ = ["SCHEDULERS", "COMPILE_MODES", "make_pipeline", "sample", "sample_grid", "generate_to_disk",
-           "sampling_dtype"]
+           "sampling_dtype", "data_stamp", "generated_sets"]
 
 SCHEDULERS = ("ddim", "dpm", "euler", "pndm", "ddpm")
 COMPILE_MODES = {None: None, "default": None, "cudagraphs": "reduce-overhead", "max-autotune": "max-autotune"}
@@ -108,16 +108,19 @@ def sample_grid(components: SDComponents, prompts: Sequence[str], seeds: Sequenc
 
 def generate_to_disk(components: SDComponents, items: Sequence[dict[str, Any]], out_dir: str | Path,
                      method: str, batch_size: int = 16, progress: bool = True, model_id: str | None = None,
-                     compile: str | None = None, **kw: Any) -> Path:
+                     compile: str | None = None, data: dict[str, str] | None = None, **kw: Any) -> Path:
     """Generate one image per item (``{"prompt": str, "seed": int, "labels": ...}``) into ``out_dir``.
 
     Writes ``<index>.png`` files and ``manifest.json`` (prompt, labels, seed, method, file, settings);
     returns the manifest path. ``model_id`` names the exact model (e.g. the fine-tuning run's
     checkpoint key; default: the components' weights label). ``compile``: see :func:`make_pipeline`
-    (a speed setting: not part of the manifest's settings). Resumable without duplicates: an image
-    already listed in the manifest with the same prompt, seed, model and settings is kept; anything
-    else is (re)generated. The
-    manifest is rewritten atomically after every batch, and lists only images whose file was written.
+    (a speed setting: not part of the manifest's settings). ``data`` names the data the set was made
+    from (:func:`data_stamp`: fingerprints of the fine-tuning and caption splits), so that readers
+    skip sets made from another version of a dataset (:func:`generated_sets`). Resumable without
+    duplicates: an image already listed in the manifest with the same prompt, labels, seed, model and
+    settings is kept (whatever ``data`` says: such an image is the same image); anything else is
+    (re)generated. The manifest is rewritten atomically after every batch, and lists only images
+    whose file was written.
     """
     from PIL import Image
 
@@ -137,8 +140,8 @@ def generate_to_disk(components: SDComponents, items: Sequence[dict[str, Any]], 
         old = json.loads(manifest_path.read_text())
         if all(old.get(k) == v for k, v in header.items()):
             done = {e["file"]: e for e in old["images"] if (out_dir / e["file"]).is_file()}
-    wanted = {f"{i:06d}.png": (it["prompt"], int(it["seed"])) for i, it in enumerate(items)}
-    done = {f: e for f, e in done.items() if wanted.get(f) == (e["prompt"], e["seed"])}
+    wanted = {f"{i:06d}.png": (it["prompt"], int(it["seed"]), it.get("labels")) for i, it in enumerate(items)}
+    done = {f: e for f, e in done.items() if wanted.get(f) == (e["prompt"], e["seed"], e.get("labels"))}
     todo = [(i, it) for i, it in enumerate(items) if f"{i:06d}.png" not in done]
     pipe = make_pipeline(components, kw.get("scheduler", "ddim"), kw.get("device", "cpu"), compile) if todo else None
     for start in tqdm(range(0, len(todo), batch_size), desc=f"generating ({method})", disable=not progress):
@@ -148,7 +151,31 @@ def generate_to_disk(components: SDComponents, items: Sequence[dict[str, Any]], 
             Image.fromarray(img).save(out_dir / f"{i:06d}.png")
             done[f"{i:06d}.png"] = {"file": f"{i:06d}.png", "prompt": it["prompt"], "seed": int(it["seed"]),
                                      "labels": it.get("labels"), "method": method}
-        write_json(manifest_path, {**header, "images": [done[k] for k in sorted(done)]})
+        write_json(manifest_path, {**header, "data": data, "images": [done[k] for k in sorted(done)]})
     if not todo:
-        write_json(manifest_path, {**header, "images": [done[k] for k in sorted(done) if k in wanted]})
+        write_json(manifest_path, {**header, "data": data, "images": [done[k] for k in sorted(done) if k in wanted]})
     return manifest_path
+
+
+def data_stamp(train: Any, test: Any) -> dict[str, str]:
+    """What a generated set is made from: the content fingerprints
+    (:func:`nbsupport.data.fingerprint.fingerprint`) of the split the generator was fine-tuned on and
+    of the split whose captions are the prompts' source."""
+    from nbsupport.data.fingerprint import fingerprint
+
+    return {"train": fingerprint(train), "test": fingerprint(test)}
+
+
+def generated_sets(root: str | Path, stamp: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """The methods with a generated set under ``root`` (``<root>/<method>/manifest.json``) made from
+    the data ``stamp`` names (:func:`data_stamp`), and the others with the reason each is left out."""
+    fresh: list[str] = []
+    left_out: dict[str, str] = {}
+    for path in sorted(Path(root).glob("*/manifest.json")):
+        made_from = json.loads(path.read_text()).get("data")
+        if made_from == stamp:
+            fresh.append(path.parent.name)
+        else:
+            left_out[path.parent.name] = ("generated from another version of the data" if made_from
+                                          else "generated before sets recorded their data")
+    return fresh, left_out

@@ -458,6 +458,9 @@ def run_sd_method(components: SDComponents, method: str, train_set: Dataset, tes
     timer = records.RunTimer(device)
     from nbsupport.data.fingerprint import fingerprint
 
+    from nbsupport.data.manifests import dataset_name
+
+    dataset = dataset_name(dataset)                 # a manifest given by path: its name
     key = run_key("sd-v2", cfg.run_settings(), method, fingerprint(train_set), components.weights, components.name)
     manifest = getattr(train_set, "manifest", None)
     before = denoising_loss(components.to(device), test_set, device, max_items=16)

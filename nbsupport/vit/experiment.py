@@ -280,9 +280,11 @@ def run_method(
         "checkpoint": res.checkpoint,
     }
     if record:
-        name = f"{chapter}-{label or method}-{data.dataset}-s{train_config.seed}".replace(" ", "_")
+        from nbsupport.data.manifests import dataset_name
+
+        name = f"{chapter}-{label or method}-{dataset_name(data.dataset)}-s{train_config.seed}".replace(" ", "_")
         path = records.write_record(
-            chapter=chapter, profile=profile, dataset=data.dataset, weights=backbone.weights,
+            chapter=chapter, profile=profile, dataset=dataset_name(data.dataset), weights=backbone.weights,
             method=method, metrics={k: v for k, v in row.items() if k not in ("method", "label", "checkpoint")},
             params={"backbone": backbone.name, "method_config": model.nbsupport_method["config"],
                     "train": asdict(train_config), "resumed_from_epoch": res.resumed_from_epoch,
