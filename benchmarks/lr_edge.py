@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nbsupport.core.env import describe_device, library_versions, pick_device  # noqa: E402
 from nbsupport.core.profiles import get_profile  # noqa: E402
 from nbsupport.core.records import git_commit, write_benchmark  # noqa: E402
-from nbsupport.data.manifests import load_manifest  # noqa: E402
+from nbsupport.data.manifests import dataset_name, load_manifest  # noqa: E402
 from nbsupport.vit import experiment, methods  # noqa: E402
 
 METHODS = ["linear", "full", "vpt_shallow", "vpt_deep", "lora", "adaptformer", "bitfit", "ssf", "dvpt"]
@@ -61,11 +61,12 @@ def main(argv: list[str] | None = None) -> int:
                      "best_factor": best / base, "edge_hid_better": best / base > max(prof.lr_factors)})
         print(f"{m:12s} " + "  ".join(f"x{f}: {s:.3f}" for f, s in scores.items()) + f"  ({time.perf_counter() - t0:.0f} s)")
     dev = describe_device(device)["name"]
-    out = {"benchmark": "lr_edge", "device": dev, "profile": prof.name, "dataset": data.dataset,
+    name = dataset_name(data.dataset)                  # a manifest given by path: its name
+    out = {"benchmark": "lr_edge", "device": dev, "profile": prof.name, "dataset": name,
            "weights": bb.weights, "backbone": bb.name, "rule_factors": list(prof.lr_factors), "factors": args.factors,
            "seed": args.seed, "score": "best validation score", "commit": git_commit(), "versions": library_versions(),
            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "results": rows}
-    tag = "" if data.dataset == prof.default_dataset else f"-{data.dataset}"
+    tag = "" if name == prof.default_dataset else f"-{name}"
     write_benchmark(args.out, "lr_edge", dev, f"-{prof.name}{tag}", out)
     return 0
 

@@ -17,6 +17,7 @@ from nbsupport.core import records
 from nbsupport.core.env import describe_device, library_versions, pick_device, seed_everything
 from nbsupport.core.paths import cache_dir
 from nbsupport.core.profiles import Profile, get_profile
+from nbsupport.data.manifests import dataset_name
 
 __all__ = ["Chapter", "start", "provenance_line"]
 
@@ -41,7 +42,7 @@ def provenance_line(profile: Profile, device: torch.device, task: str = "classif
             weights = f"{weights.split(' (')[0]} (its images), {profile.vit} (the ViTs that read them)"
     else:
         weights = profile.vit
-    data = f" | data {Path(dataset).name}" if dataset and task != "none" else ""
+    data = f" | data {dataset_name(dataset)}" if dataset and task != "none" else ""
     return (f"profile {profile.name}{data} | device {describe_device(device)['name']} | weights {weights} | {libs}"
             + (f" | commit {commit}" if commit else ""))
 
@@ -84,8 +85,6 @@ class Chapter:
     def dataset_name(self) -> str:
         """The dataset's manifest name, for file and folder names: ``dataset`` itself, or the
         ``name`` field of a manifest given as a file path (``-p dataset path/to/my.yaml``)."""
-        from nbsupport.data.manifests import dataset_name
-
         return dataset_name(self.dataset)
 
     def finish(self, weights: str, metrics: dict[str, Any], params: dict[str, Any] | None = None,
@@ -134,5 +133,5 @@ def start(name: str, profile: str | Profile, seed: int = 0, dataset: str | None 
         from nbsupport.book.viz import profile_banner
 
         profile_banner(prof.name, prof.random_weights, ch.provenance,
-                       own_data=(Path(dataset).name, default) if own else None)
+                       own_data=(dataset_name(dataset), default) if own else None)
     return ch

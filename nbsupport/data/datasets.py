@@ -13,6 +13,8 @@ in place). Nothing is downloaded unless a dataset is built with ``download=True`
 
 from __future__ import annotations
 
+from collections import Counter
+
 import importlib
 import os
 import warnings
@@ -758,25 +760,24 @@ def verify(manifest: Manifest | str, max_images: int | None = None) -> dict[str,
         items = list_items(manifest, download=False)
     report["shared_patients"] = {pair: {"patients": len(ids), "examples": ids[:3]}
                                  for pair, ids in shared_patients(items).items()}
-    modes: dict[str, int] = {}
-    sizes: dict[str, int] = {}
+    modes: Counter[str] = Counter()
+    sizes: Counter[tuple[int, int]] = Counter()                        # (width, height) -> images
     for i, it in enumerate(items):
         if max_images is not None and i >= max_images:
             break
         image = _read_image(it.path)
-        modes[image.mode] = modes.get(image.mode, 0) + 1
-        size = f"{image.width}x{image.height}"
-        sizes[size] = sizes.get(size, 0) + 1
+        modes[image.mode] += 1
+        sizes[image.size] += 1
         if it.masks:                            # the checks a chapter makes when it loads the pair
             _read_masks(it, image, manifest)
-    report["image_modes"] = modes
-    report["image_sizes"] = dict(sorted(sizes.items(), key=lambda kv: -kv[1])[:5])
+    report["image_modes"] = dict(modes)
+    report["image_sizes"] = {f"{w}x{h}": n for (w, h), n in sizes.most_common(5)}
     notes = []
     wide = sorted(m for m in modes if m in WIDE_MODES)
     if wide:
         notes.append(f"{sum(modes[m] for m in wide)} image(s) in mode {', '.join(wide)} (16-bit or float): each "
                      "is scaled from its own minimum and maximum to 8 bits when loaded")
-    if len(sizes) > 1 or any(w != h for w, h in (map(int, k.split("x")) for k in sizes)):
+    if len(sizes) > 1 or any(w != h for w, h in sizes):
         notes.append("images of several sizes or not square: each is resized to the chapter's square "
                      "image size, without cropping (the aspect ratio changes)")
     report["notes"] = notes

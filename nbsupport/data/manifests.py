@@ -32,6 +32,7 @@ __all__ = [
     "validate_manifest",
     "list_manifests",
     "load_manifests",
+    "dataset_name",
 ]
 
 TASKS = ["classification", "segmentation", "text-to-image"]
@@ -222,6 +223,12 @@ CAPTION_FIELDS = {"label": "the class name (single-label) or the findings presen
                   "caption": "the dataset's own caption, where it has one (else the label)"}
 
 
+def _layout_field(source: dict[str, Any], key: str) -> str:
+    """The manifest path of a layout field, for error messages: ``source.layout.<key>`` for a
+    ``url`` or ``manual`` source (the layout is nested), ``source.<key>`` otherwise."""
+    return f"source.layout.{key}" if "layout" in source else f"source.{key}"
+
+
 def _check_caption_template(file: str | Path, template: str) -> None:
     """Raise :class:`ManifestError` naming any placeholder of ``caption_template`` that is not one of
     :data:`CAPTION_FIELDS`, or a template that ``str.format`` cannot parse."""
@@ -314,15 +321,13 @@ def validate_manifest(data: Any, file: str | Path = "<manifest>") -> dict[str, A
                                                "tasks must be [segmentation]")
         unmapped = [k for k in out.get("findings", []) if k not in layout["mask_map"]]
         if unmapped:
-            where = "source.layout.mask_map" if "layout" in src else "source.mask_map"
-            raise ManifestError(file, where, f"findings {unmapped} have no value in mask_map "
+            raise ManifestError(file, _layout_field(src, "mask_map"), f"findings {unmapped} have no value in mask_map "
                                              f"({sorted(layout['mask_map'])})")
     labelled = bool({"classification", "text-to-image"} & set(tasks))
     if layout.get("type") == "csv" and labelled and "label_columns" not in out:
         raise ManifestError(file, "label_columns", "missing: a csv source needs the label column name(s)")
-    where = "source.layout" if "layout" in src else "source"
     if "empty_values" in layout and not layout.get("label_separator"):
-        raise ManifestError(file, f"{where}.empty_values", "applies to a label_separator column (values "
+        raise ManifestError(file, _layout_field(src, "empty_values"), "applies to a label_separator column (values "
                                                             "meaning 'no finding'); there is none")
     if layout.get("type") == "csv" and labelled and not layout.get("label_separator") and (
             out.get("multi_label") or len(out.get("label_columns", [])) > 1):
@@ -424,9 +429,9 @@ class Manifest:
         return str(self.data.get("label_noun") or ("finding" if self.multi_label else "class"))
 
     def layout_field(self, key: str) -> str:
-        """The manifest path of a layout field, for error messages: ``source.layout.<key>`` for a
-        ``url`` or ``manual`` source (the layout is nested), ``source.<key>`` otherwise."""
-        return f"source.layout.{key}" if "layout" in self.source else f"source.{key}"
+        """The manifest path of a layout field, for error messages (``source.layout.<key>`` or
+        ``source.<key>``)."""
+        return _layout_field(self.source, key)
 
     def __getitem__(self, key: str) -> Any:
         return self.data[key]

@@ -457,7 +457,6 @@ def run_sd_method(components: SDComponents, method: str, train_set: Dataset, tes
 
     timer = records.RunTimer(device)
     from nbsupport.data.fingerprint import fingerprint
-
     from nbsupport.data.manifests import dataset_name
 
     dataset = dataset_name(dataset)                 # a manifest given by path: its name

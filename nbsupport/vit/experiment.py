@@ -20,7 +20,7 @@ from nbsupport.vit.backbones import BACKBONES, count_parameters, create_vit, dat
 from nbsupport.core.checkpoints import run_key
 from nbsupport.data.datasets import IMAGENET_MEAN, IMAGENET_STD, build_dataset, to_tensor
 from nbsupport.data.fingerprint import fingerprint, item_keys
-from nbsupport.data.manifests import load_manifest
+from nbsupport.data.manifests import dataset_name, load_manifest
 from nbsupport.core.paths import cache_dir
 from nbsupport.core.profiles import Profile, get_profile
 from nbsupport.vit.metrics import quadratic_weighted_kappa
@@ -280,11 +280,10 @@ def run_method(
         "checkpoint": res.checkpoint,
     }
     if record:
-        from nbsupport.data.manifests import dataset_name
-
-        name = f"{chapter}-{label or method}-{dataset_name(data.dataset)}-s{train_config.seed}".replace(" ", "_")
+        dataset = dataset_name(data.dataset)                           # a manifest by path: its name
+        name = f"{chapter}-{label or method}-{dataset}-s{train_config.seed}".replace(" ", "_")
         path = records.write_record(
-            chapter=chapter, profile=profile, dataset=dataset_name(data.dataset), weights=backbone.weights,
+            chapter=chapter, profile=profile, dataset=dataset, weights=backbone.weights,
             method=method, metrics={k: v for k, v in row.items() if k not in ("method", "label", "checkpoint")},
             params={"backbone": backbone.name, "method_config": model.nbsupport_method["config"],
                     "train": asdict(train_config), "resumed_from_epoch": res.resumed_from_epoch,
